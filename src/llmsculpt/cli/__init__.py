@@ -1,0 +1,1 @@
+"""`sculpt <command>`: one file per command."""

