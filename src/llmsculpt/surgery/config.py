@@ -1,0 +1,43 @@
+"""Rewrite a model's config from its modules after surgery (config after surgery is first-class)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from llmsculpt.structures.shapes import Architecture, architecture
+
+
+def layer_entries(arch: Architecture) -> list[dict]:
+    """The ``sculpt_layers`` list of a heterogeneous config."""
+    out = []
+    for ls in arch.layers:
+        entry = {"num_attention_heads": ls.n_heads, "num_key_value_heads": ls.n_kv, "intermediate_size": ls.mlp}
+        if not ls.is_grouped_evenly:
+            entry["kv_map"] = list(ls.kv_map)
+        out.append(entry)
+    return out
+
+
+def sync_config(model: nn.Module) -> Architecture:
+    """Make ``model.config`` describe the modules exactly; returns the architecture it read.
+
+    Uniform models get a vanilla config (head counts, widths, head_dim); heterogeneous ones also
+    carry ``sculpt_layers`` and ``sculpt_base_model_type``, with the top-level counts set to the
+    largest layer (so code that sizes buffers from them stays safe).
+    """
+    arch = architecture(model)
+    cfg = model.config
+    cfg.hidden_size = arch.hidden
+    cfg.num_hidden_layers = len(arch.layers)
+    cfg.head_dim = arch.head_dim
+    cfg.num_attention_heads = max(ls.n_heads for ls in arch.layers)
+    cfg.num_key_value_heads = max(ls.n_kv for ls in arch.layers)
+    cfg.intermediate_size = max(ls.mlp for ls in arch.layers)
+    if arch.is_uniform:
+        for key in ("sculpt_layers", "sculpt_base_model_type"):
+            if hasattr(cfg, key):
+                delattr(cfg, key)
+    else:
+        cfg.sculpt_layers = layer_entries(arch)
+        cfg.sculpt_base_model_type = arch.model_type
+    return arch
