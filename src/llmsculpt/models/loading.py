@@ -181,7 +181,7 @@ def _load_pretrained(directory: str, *, dtype: torch.dtype, hub: bool):
             model = cls.from_pretrained(directory, config=config, dtype=dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     except OSError as exc:
         raise SculptError(f"could not load model from {directory!r}: {exc}") from exc
     except Exception as exc:
@@ -204,5 +204,7 @@ def _read_config(directory: str):
     if base:
         if base not in SCULPT_CLASSES:
             raise SculptError(f"{path}: unsupported sculpt base model type {base!r}")
-        return SCULPT_CLASSES[base][0].from_pretrained(directory)
+        # from_dict, not from_pretrained: the auto_map in config.json is for users without
+        # llmsculpt; we have the classes and must not prompt about remote code
+        return SCULPT_CLASSES[base][0].from_dict(raw)
     return AutoConfig.from_pretrained(directory)

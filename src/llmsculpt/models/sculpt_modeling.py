@@ -37,13 +37,20 @@ class HeadGatherLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool, head_dim: int, kv_map, **kw):
         super().__init__(in_features, out_features, bias=bias, **kw)
         self.head_dim = head_dim
-        self.register_buffer("kv_map", torch.as_tensor(list(kv_map), dtype=torch.long), persistent=False)
+        # a plain tuple, not a buffer: it is architecture (from the config), not state, and must
+        # survive meta-device initialisation in from_pretrained
+        self.kv_map = tuple(int(j) for j in kv_map)
+        self._index: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)
         heads = y.view(*y.shape[:-1], -1, self.head_dim)
-        index = self.kv_map.to(heads.device)
-        return heads.index_select(-2, index).reshape(*y.shape[:-1], -1)
+        if self._index is None or self._index.device != heads.device:
+            self._index = torch.tensor(self.kv_map, dtype=torch.long, device=heads.device)
+        return heads.index_select(-2, self._index).reshape(*y.shape[:-1], -1)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, kv_map={list(self.kv_map)}"
 
 
 def _new_linear(old: nn.Linear, in_features: int, out_features: int, cls=nn.Linear, **extra) -> nn.Linear:

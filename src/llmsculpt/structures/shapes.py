@@ -87,7 +87,7 @@ def layer_shape(spec: ArchSpec, layer: nn.Module, head_dim: int) -> LayerShape:
     n_kv = k.out_features // head_dim
     kv_map = getattr(k, "kv_map", None)
     if kv_map is not None:
-        kv_map = tuple(int(j) for j in kv_map.tolist())
+        kv_map = tuple(kv_map)
     else:
         rep = max(1, n_heads // max(1, n_kv))
         kv_map = tuple(h // rep for h in range(n_heads))

@@ -85,7 +85,7 @@ def _prune_mlp(spec: ArchSpec, layer: nn.Module, lp: LayerPlan) -> None:
 
 def _relinear(owner: nn.Module, name: str, **kw) -> None:
     lin = getattr(owner, name)
-    extra = {"cls": HeadGatherLinear, "head_dim": lin.head_dim, "kv_map": lin.kv_map.tolist()} if isinstance(
+    extra = {"cls": HeadGatherLinear, "head_dim": lin.head_dim, "kv_map": lin.kv_map} if isinstance(
         lin, HeadGatherLinear
     ) else {}
     setattr(owner, name, slice_linear(lin, **kw, **extra))

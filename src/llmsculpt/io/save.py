@@ -1,0 +1,109 @@
+"""Save a (pruned) model so that it reloads exactly, atomically.
+
+Uniform models get a vanilla config of the original ``model_type`` (plain transformers, vLLM...).
+Heterogeneous ones get per-layer lists in config.json plus ``sculpt_modeling.py`` and an
+``auto_map``, so ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` works, while
+``llmsculpt.load(dir)`` needs no remote code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from torch import nn
+
+from llmsculpt.errors import SculptError
+from llmsculpt.models import sculpt_modeling
+from llmsculpt.plan import Plan
+from llmsculpt.surgery.config import sync_config
+
+REMOTE_FILE = "sculpt_modeling.py"
+
+
+def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Fail early (before any work) if ``out`` cannot be written or would be clobbered."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise SculptError(f"output path {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise SculptError(f"output directory {out} already exists; pass --overwrite to replace it")
+    parent = out.absolute().parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise SculptError(f"output directory {out} is not writable (no write permission on {probe})")
+    return out
+
+
+@contextmanager
+def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``out``; on success it replaces ``out`` in one rename.
+
+    On any exception the temporary directory is removed and ``out`` is left as it was.
+    """
+    out = check_output_dir(out, overwrite=overwrite)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
+    try:
+        yield tmp
+        if out.exists():
+            backup = tmp.with_name(tmp.name + "-old")
+            os.replace(out, backup)
+            os.replace(tmp, out)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_model_files(model: nn.Module, tokenizer, directory: Path) -> dict:
+    """Write weights, config (vanilla or heterogeneous) and tokenizer into ``directory``."""
+    arch = sync_config(model)
+    model.save_pretrained(directory, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    cfg_path = directory / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if not arch.is_uniform:
+        config_cls, model_cls = sculpt_modeling.SCULPT_CLASSES[arch.model_type]
+        module = REMOTE_FILE[:-3]
+        cfg["model_type"] = config_cls.model_type
+        cfg["architectures"] = [model_cls.__name__]
+        cfg["auto_map"] = {
+            "AutoConfig": f"{module}.{config_cls.__name__}",
+            "AutoModelForCausalLM": f"{module}.{model_cls.__name__}",
+        }
+        shutil.copyfile(sculpt_modeling.__file__, directory / REMOTE_FILE)
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    return arch.to_dict()
+
+
+def save_pruned(
+    model: nn.Module,
+    tokenizer,
+    out: str | os.PathLike,
+    *,
+    plan: Plan | None = None,
+    report: dict | None = None,
+    overwrite: bool = False,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Atomically write model + tokenizer + ``plan.json`` + ``sculpt_report.json`` to ``out``."""
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        arch = write_model_files(model, tokenizer, tmp)
+        if plan is not None:
+            plan.save(tmp / "plan.json")
+        full_report = {"architecture": arch, **(report or {})}
+        (tmp / "sculpt_report.json").write_text(json.dumps(full_report, indent=1, default=str))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+    return Path(out)
