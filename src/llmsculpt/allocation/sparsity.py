@@ -1,0 +1,153 @@
+"""Per-layer sparsity -> whole structures, and the solver that hits a global parameter target.
+
+A layer's sparsity S_i is a fraction of its attention+MLP parameters. Attention is removed in
+whole units (K/V groups, or query heads evenly across groups), so a layer with 3 K/V groups can
+only lose 0, 33 or 67 % of its attention: we round the attention share to the nearest unit and let
+the MLP take up the difference, so the layer as a whole lands on S_i and both parts get pruned.
+Uniform pruning is the special case S_i = S for all layers; Adapt-Pruner uses S_i = S − A·I_i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from llmsculpt.errors import SculptError
+from llmsculpt.importance.groups import GroupScores
+from llmsculpt.plan import LayerPlan, Plan
+from llmsculpt.structures.shapes import Architecture, LayerShape
+
+MAX_SPARSITY = 0.99
+
+
+@dataclass(frozen=True)
+class PruneScope:
+    """Which layers and parts may be pruned, and in which attention unit."""
+
+    layers: tuple[int, ...] | None = None  # None: all layers
+    attention: bool = True
+    mlp: bool = True
+    attn_unit: str = "kv"  # "kv": whole K/V groups; "head": query heads, evenly in every group
+
+    def __post_init__(self):
+        if self.attn_unit not in ("kv", "head"):
+            raise SculptError(f"attn_unit must be 'kv' or 'head', got {self.attn_unit!r}")
+        if not (self.attention or self.mlp):
+            raise SculptError("nothing to prune: both attention and MLP are excluded")
+
+    def layer_ids(self, n_layers: int) -> list[int]:
+        return list(range(n_layers)) if self.layers is None else [i for i in self.layers if 0 <= i < n_layers]
+
+
+@dataclass
+class LayerBudget:
+    """What one layer loses: attention units and MLP channels."""
+
+    attn_units: int = 0
+    mlp_channels: int = 0
+    removed_params: int = 0
+    meta: dict = field(default_factory=dict)
+
+
+def _attn_unit_params(arch: Architecture, ls: LayerShape, unit: str) -> tuple[int, int]:
+    """(number of units, parameters per unit) of one layer's attention."""
+    h, d = arch.hidden, arch.head_dim
+    bias = d if arch.qkv_bias else 0
+    if unit == "kv":
+        rep = ls.n_heads // ls.n_kv
+        per = 2 * rep * h * d + 2 * h * d + bias * (rep + 2)
+        return ls.n_kv, per
+    rep = ls.n_heads // ls.n_kv
+    return rep, ls.n_kv * (2 * h * d + bias)  # one query head from every group
+
+
+def counts_for_sparsity(arch: Architecture, ls: LayerShape, sparsity: float, scope: PruneScope) -> LayerBudget:
+    """Whole attention units and MLP channels whose removal brings a layer closest to ``sparsity``."""
+    sparsity = min(max(sparsity, 0.0), MAX_SPARSITY)
+    n_units, per_unit = _attn_unit_params(arch, ls, scope.attn_unit)
+    if scope.attn_unit == "head" and not ls.is_grouped_evenly:
+        n_units = 1  # uneven groups cannot lose heads evenly; leave their attention alone
+    per_channel = 3 * arch.hidden + (2 if arch.mlp_bias else 0)
+    attn_total = n_units * per_unit if scope.attention else 0
+    mlp_total = ls.mlp * per_channel if scope.mlp else 0
+    target = sparsity * (attn_total + mlp_total)
+    units = 0
+    if scope.attention and n_units > 1:
+        units = round(sparsity * n_units) if scope.mlp else round(target / per_unit)
+        units = min(max(units, 0), n_units - 1)
+    channels = 0
+    if scope.mlp:
+        channels = round(max(0.0, target - units * per_unit) / per_channel)
+        channels = min(channels, ls.mlp - 1)
+    return LayerBudget(units, channels, units * per_unit + channels * per_channel)
+
+
+def solve_uniform_offset(
+    arch: Architecture,
+    remove: int,
+    scope: PruneScope,
+    *,
+    offsets: dict[int, float] | None = None,
+) -> tuple[float, dict[int, LayerBudget]]:
+    """Find S so that layers with sparsity S − offsets[i] (clipped) remove ≈ ``remove`` params.
+
+    Returns the smallest S whose removal reaches the target (bisection; removal is monotone in S)
+    and the per-layer budgets. Raises if even the maximum sparsity cannot reach it.
+    """
+    ids = scope.layer_ids(len(arch.layers))
+    if not ids:
+        raise SculptError("the layer range selects no layers")
+    offsets = offsets or {}
+
+    def budgets(s: float) -> dict[int, LayerBudget]:
+        return {i: counts_for_sparsity(arch, arch.layers[i], s - offsets.get(i, 0.0), scope) for i in ids}
+
+    def removed(s: float) -> int:
+        return sum(b.removed_params for b in budgets(s).values())
+
+    hi = 1.0 + max([abs(v) for v in offsets.values()] + [0.0])
+    if removed(hi) < remove:
+        raise SculptError(
+            f"cannot remove {remove:,} parameters from the selected layers (at most {removed(hi):,}); "
+            "lower the ratio, widen the layer range or allow more structure types"
+        )
+    lo = 0.0 - hi
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if removed(mid) >= remove:
+            hi = mid
+        else:
+            lo = mid
+    return hi, budgets(hi)
+
+
+def _lowest(scores: torch.Tensor, k: int) -> set[int]:
+    if k <= 0:
+        return set()
+    order = torch.argsort(scores.float(), stable=True)
+    return set(order[:k].tolist())
+
+
+def select_plan(arch: Architecture, scores: GroupScores, budgets: dict[int, LayerBudget], scope: PruneScope) -> Plan:
+    """Keep everything except, per layer, the lowest-scored attention units and MLP channels."""
+    plan = Plan.keep_all(arch)
+    for i, b in budgets.items():
+        ls, lp, sc = arch.layers[i], plan.layers[i], scores.layers[i]
+        if b.attn_units:
+            if scope.attn_unit == "kv":
+                drop_kv = _lowest(sc.kv, b.attn_units)
+                lp.kv_heads = [j for j in range(ls.n_kv) if j not in drop_kv]
+                lp.heads = [h for h in range(ls.n_heads) if ls.kv_map[h] not in drop_kv]
+            else:
+                keep = []
+                for j in range(ls.n_kv):
+                    members = ls.heads_of(j)
+                    drop = _lowest(sc.heads[members], b.attn_units)
+                    keep += [h for n, h in enumerate(members) if n not in drop]
+                lp.heads = sorted(keep)
+                lp.kv_heads = list(range(ls.n_kv))
+        if b.mlp_channels:
+            drop = _lowest(sc.mlp, b.mlp_channels)
+            lp.mlp = [c for c in range(ls.mlp) if c not in drop]
+    return plan

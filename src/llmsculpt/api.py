@@ -1,0 +1,138 @@
+"""The public verbs: prune, load, evaluate.
+
+Example:
+    >>> import llmsculpt
+    >>> out = llmsculpt.prune("tiny-llama", ratio=0.2, calib_text="some text " * 400)
+    >>> out.report["params_after"] < out.report["params_before"]
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llmsculpt.config import DataConfig, PruneConfig
+from llmsculpt.models.loading import Loaded
+from llmsculpt.models.loading import load as _load
+from llmsculpt.plan import Plan
+from llmsculpt.structures.shapes import architecture, count_params
+
+
+@dataclass
+class PruneOutcome:
+    model: nn.Module
+    tokenizer: object
+    plan: Plan
+    report: dict
+
+    def save(self, out: str | os.PathLike, *, overwrite: bool = False) -> None:
+        from llmsculpt.io.save import save_pruned
+
+        save_pruned(self.model, self.tokenizer, out, plan=self.plan, report=self.report, overwrite=overwrite)
+
+
+def load(name: str | os.PathLike | None = None, *, device=None, dtype=torch.float32) -> Loaded:
+    """Load a model + tokenizer: built-in name, directory (pruned or not), .gguf file or hub id."""
+    return _load(name, device=device, dtype=dtype)
+
+
+def _calibration_fn(tokenizer, data: DataConfig, calib_text: str | None):
+    from llmsculpt.calibration import calibration_batch
+
+    source = calib_text if calib_text is not None else data.calib
+
+    def make(seed: int) -> torch.Tensor:
+        kw = {"texts": [source]} if calib_text is not None else {"source": source}
+        return calibration_batch(
+            tokenizer, n_samples=data.n_samples, seq_len=data.seq_len, seed=seed, min_length=data.min_length, **kw
+        )
+
+    return make
+
+
+def prune(
+    model: str | os.PathLike | nn.Module | None = None,
+    *,
+    config: PruneConfig | None = None,
+    tokenizer=None,
+    calib_text: str | None = None,
+    progress: bool = False,
+    eval_text: str | None = None,
+    **overrides,
+) -> PruneOutcome:
+    """Prune ``model`` (a name/path to load, or a loaded module + ``tokenizer``) to a target size.
+
+    ``overrides`` are PruneConfig fields (ratio, target_params, method, metric, seed...).
+    ``eval_text``, if given, is used to report perplexity before and after.
+
+    Example:
+        >>> out = prune("tiny-qwen2", ratio=0.3, method="uniform", calib_text="abc " * 500)
+        >>> round(out.report["achieved_ratio"], 1)
+        0.3
+    """
+    from llmsculpt.methods import PruneContext, get_method
+
+    cfg = config or PruneConfig()
+    if overrides:
+        data = cfg.to_dict()
+        for k, v in overrides.items():
+            if k in DataConfig.__dataclass_fields__:
+                data["data"][k] = v
+            else:
+                data[k] = v
+        data.pop("ratio", None) if "target_params" in overrides else None
+        data.pop("target_params", None) if "ratio" in overrides else None
+        cfg = PruneConfig.from_dict(data)
+    if isinstance(model, nn.Module):
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer along with a model object")
+    else:
+        loaded = _load(model if model is not None else cfg.model)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    method = get_method(cfg.method)
+    calib = _calibration_fn(tokenizer, cfg.data, calib_text)
+    before = count_params(model)
+    calib(cfg.seed)  # fail on bad calibration data before any work
+    ppl_before = _ppl(model, tokenizer, eval_text, cfg.data.seq_len) if eval_text else None
+    t0 = time.perf_counter()
+    result = method(PruneContext(model=model, tokenizer=tokenizer, config=cfg, calibration=calib, progress=progress))
+    seconds = time.perf_counter() - t0
+    after = count_params(model)
+    report = {
+        "method": cfg.method,
+        "config": cfg.to_dict(),
+        "params_before": before,
+        "params_after": after,
+        "achieved_ratio": 1 - after / before,
+        "target_ratio": cfg.removal_target(before) / before,
+        "seconds": seconds,
+        "uniform_layers": architecture(model).is_uniform,
+        "history": result.history,
+    }
+    if eval_text:
+        report["ppl_before"] = ppl_before
+        report["ppl_after"] = _ppl(model, tokenizer, eval_text, cfg.data.seq_len)
+    result.plan.meta.update({"method": cfg.method, "seed": cfg.seed})
+    return PruneOutcome(model=model, tokenizer=tokenizer, plan=result.plan, report=report)
+
+
+def _ppl(model, tokenizer, text: str, seq_len: int) -> float:
+    from llmsculpt.eval.perplexity import perplexity
+
+    return perplexity(model, tokenizer, text, seq_len=seq_len).ppl
+
+
+def evaluate(model, tokenizer=None, *, text: str, seq_len: int = 128, batch_size: int = 8) -> dict:
+    """Perplexity of a model (name, path or module) on ``text``: {"ppl", "tokens", "params"}."""
+    from llmsculpt.eval.perplexity import perplexity
+
+    if not isinstance(model, nn.Module):
+        loaded = _load(model)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    res = perplexity(model, tokenizer, text, seq_len=seq_len, batch_size=batch_size)
+    return {"ppl": res.ppl, "tokens": res.tokens, "windows": res.windows, "params": count_params(model)}

@@ -1,0 +1,131 @@
+"""Score coupled groups from element scores: query heads, K/V groups, MLP channels, hidden channels.
+
+For each tensor of a group, the element scores in the group's slice are summed (for a signed
+metric the sum is then made absolute); the per-tensor values are aggregated across the coupled
+tensors with ``sum``, ``mean``, ``max``, ``prod`` (as a geometric mean: same ranking, no
+overflow) or ``last`` (the output-side tensor: o_proj / down_proj).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llmsculpt.errors import SculptError
+from llmsculpt.importance.base import Metric, TensorStats
+from llmsculpt.importance.collect import Stats
+from llmsculpt.models.spec import get_path, spec_for
+from llmsculpt.structures.shapes import architecture
+
+AGGREGATIONS = ("sum", "mean", "max", "prod", "last")
+
+
+@dataclass
+class LayerScores:
+    heads: torch.Tensor  # [n_heads]
+    kv: torch.Tensor  # [n_kv]
+    mlp: torch.Tensor  # [mlp]
+
+
+@dataclass
+class GroupScores:
+    layers: list[LayerScores]
+    hidden: torch.Tensor | None = None
+
+
+def aggregate(per_tensor: list[torch.Tensor], how: str) -> torch.Tensor:
+    """Combine per-tensor group scores [n] each (the last one is the output-side tensor)."""
+    stacked = torch.stack([t.float() for t in per_tensor])
+    if how == "sum":
+        return stacked.sum(0)
+    if how == "mean":
+        return stacked.mean(0)
+    if how == "max":
+        return stacked.max(0).values
+    if how == "prod":
+        return stacked.clamp_min(1e-30).log().mean(0).exp()
+    if how == "last":
+        return stacked[-1]
+    raise SculptError(f"unknown aggregation {how!r}; choose one of: {', '.join(AGGREGATIONS)}")
+
+
+def _reduce(e: torch.Tensor, dim: int, size: int, signed: bool) -> torch.Tensor:
+    """Sum element scores over everything but ``dim``, then over consecutive blocks of ``size``."""
+    v = e.float().sum(dim=1 - dim) if e.dim() == 2 else e.float()
+    v = v.reshape(-1, size).sum(1)
+    return v.abs() if signed else v
+
+
+class _Scorer:
+    def __init__(self, model: nn.Module, stats: Stats, metric: Metric):
+        self.metric, self.stats = metric, stats
+        self.names = {id(p): n for n, p in model.named_parameters()}
+        self.module_names = {id(m): n for n, m in model.named_modules()}
+
+    def element(self, param: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
+        name = self.names[id(param)]
+        act = self.stats.act_sq.get(self.module_names.get(id(module), "")) if module is not None else None
+        s = TensorStats(
+            weight=param.detach(),
+            grad=self.stats.grad.get(name),
+            grad_sq=self.stats.grad_sq.get(name),
+            act_sq=act if param.dim() == 2 else None,
+        )
+        return self.metric.element(s)
+
+    def rows(self, lin: nn.Linear, size: int) -> torch.Tensor:
+        out = _reduce(self.element(lin.weight, lin), 0, size, False)
+        if lin.bias is not None:
+            out = out + self.element(lin.bias).float().reshape(-1, size).sum(1)
+        return out.abs() if self.metric.signed else out
+
+    def cols(self, lin: nn.Linear, size: int) -> torch.Tensor:
+        return _reduce(self.element(lin.weight, lin), 1, size, self.metric.signed)
+
+
+def score_groups(
+    model: nn.Module, stats: Stats, metric: Metric, *, aggregation: str = "sum", hidden: bool = False
+) -> GroupScores:
+    """Score every query head, K/V group and MLP channel (and hidden channel if asked)."""
+    if aggregation not in AGGREGATIONS:
+        raise SculptError(f"unknown aggregation {aggregation!r}; choose one of: {', '.join(AGGREGATIONS)}")
+    spec = spec_for(model)
+    arch = architecture(model)
+    hd = arch.head_dim
+    sc = _Scorer(model, stats, metric)
+    out = []
+    with torch.no_grad():
+        for layer, ls in zip(spec.decoder_layers(model), arch.layers):
+            q, k, v, o = spec.qkvo(layer)
+            q_h, o_h = sc.rows(q, hd), sc.cols(o, hd)
+            heads = aggregate([q_h, o_h], aggregation)
+            k_h, v_h = sc.rows(k, hd), sc.rows(v, hd)
+            index = torch.tensor(ls.kv_map, device=q_h.device)
+            q_kv = torch.zeros(ls.n_kv, device=q_h.device).index_add_(0, index, q_h)
+            o_kv = torch.zeros(ls.n_kv, device=q_h.device).index_add_(0, index, o_h)
+            kv = aggregate([q_kv, k_h, v_h, o_kv], aggregation)
+            gate, up, down = spec.gate_up_down(layer)
+            mlp = aggregate([sc.rows(gate, 1), sc.rows(up, 1), sc.cols(down, 1)], aggregation)
+            out.append(LayerScores(heads=heads.cpu(), kv=kv.cpu(), mlp=mlp.cpu()))
+        hid = _hidden_scores(model, spec, sc, aggregation) if hidden else None
+    return GroupScores(layers=out, hidden=hid)
+
+
+def _hidden_scores(model, spec, sc: _Scorer, aggregation: str) -> torch.Tensor:
+    per = []
+    embed = get_path(model, spec.embed)
+    per.append(_reduce(sc.element(embed.weight), 1, 1, sc.metric.signed))
+    for layer in spec.decoder_layers(model):
+        for n in spec.layer_norms:
+            per.append(_reduce(sc.element(getattr(layer, n).weight), 0, 1, sc.metric.signed))
+        q, k, v, o = spec.qkvo(layer)
+        gate, up, down = spec.gate_up_down(layer)
+        per += [sc.cols(lin, 1) for lin in (q, k, v, gate, up)]
+        per += [sc.rows(o, 1), sc.rows(down, 1)]
+    per.append(_reduce(sc.element(get_path(model, spec.final_norm).weight), 0, 1, sc.metric.signed))
+    lm_head = get_path(model, spec.lm_head)
+    if lm_head.weight is not embed.weight:
+        per.append(sc.cols(lm_head, 1))
+    return aggregate(per, aggregation).cpu()

@@ -1,0 +1,1 @@
+"""Saving pruned models (HF-compatible), reports, plots and exports."""

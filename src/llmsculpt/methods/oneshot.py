@@ -1,0 +1,53 @@
+"""One-shot pruning by importance: statistics -> group scores -> budgets -> plan -> surgery.
+
+Shared by the uniform LLM-Pruner-style baseline and the activation / magnitude baselines; the
+per-layer sparsity offsets are what tell uniform and adaptive allocations apart.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmsculpt.allocation import PruneScope, select_plan, solve_uniform_offset
+from llmsculpt.config import PruneConfig, parse_layers
+from llmsculpt.importance import get_metric
+from llmsculpt.importance.collect import collect_stats
+from llmsculpt.importance.groups import GroupScores, score_groups
+from llmsculpt.plan import Plan
+from llmsculpt.structures.shapes import Architecture, architecture
+
+
+def scope_of(config: PruneConfig, n_layers: int) -> PruneScope:
+    return PruneScope(
+        layers=parse_layers(config.layers, n_layers),
+        attention=config.attention,
+        mlp=config.mlp,
+        attn_unit=config.attn_unit,
+    )
+
+
+def score(model, batch: torch.Tensor, config: PruneConfig, *, metric_kwargs: dict | None = None) -> GroupScores:
+    metric = get_metric(config.metric, **(metric_kwargs or {}))
+    stats = collect_stats(model, batch, metric.needs)
+    return score_groups(model, stats, metric, aggregation=config.aggregation)
+
+
+def plan_step(
+    arch: Architecture,
+    scores: GroupScores,
+    remove: int,
+    scope: PruneScope,
+    offsets: dict[int, float] | None = None,
+) -> tuple[Plan, float, dict]:
+    """Budgets for removing ``remove`` params with the given per-layer offsets, and the plan."""
+    s, budgets = solve_uniform_offset(arch, remove, scope, offsets=offsets)
+    plan = select_plan(arch, scores, budgets, scope)
+    per_layer = {
+        i: {"attn_units": b.attn_units, "mlp_channels": b.mlp_channels, "removed": b.removed_params}
+        for i, b in budgets.items()
+    }
+    return plan, s, per_layer
+
+
+def current_arch(model) -> Architecture:
+    return architecture(model)

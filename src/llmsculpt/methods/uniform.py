@@ -1,0 +1,45 @@
+"""Uniform one-shot pruning (LLM-Pruner style) and the importance baselines that share its path.
+
+Every pruned layer gets the same sparsity; importance picks which heads/channels go:
+``uniform`` (config metric, Taylor by default), ``magnitude`` (L2), ``wanda-sp`` (|W|·‖X‖).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from llmsculpt.methods.base import METHODS, PruneContext, PruneResult
+from llmsculpt.methods.oneshot import plan_step, score, scope_of
+from llmsculpt.structures.shapes import architecture
+from llmsculpt.surgery import apply_plan
+
+
+def _one_shot(ctx: PruneContext, metric: str | None = None) -> PruneResult:
+    config = ctx.config if metric is None else replace(ctx.config, metric=metric)
+    model = ctx.model
+    arch = architecture(model)
+    remove = config.removal_target(arch.param_count())
+    if remove == 0:
+        from llmsculpt.plan import Plan
+
+        return PruneResult(plan=Plan.keep_all(arch), history={"sparsity": 0.0})
+    scope = scope_of(config, len(arch.layers))
+    scores = score(model, ctx.calibration(config.seed), config)
+    plan, s, per_layer = plan_step(arch, scores, remove, scope)
+    apply_plan(model, plan)
+    return PruneResult(plan=plan, history={"sparsity": s, "per_layer": per_layer, "metric": config.metric})
+
+
+@METHODS.register("uniform")
+def uniform(ctx: PruneContext) -> PruneResult:
+    return _one_shot(ctx)
+
+
+@METHODS.register("magnitude")
+def magnitude(ctx: PruneContext) -> PruneResult:
+    return _one_shot(ctx, metric="l2")
+
+
+@METHODS.register("wanda-sp")
+def wanda_sp(ctx: PruneContext) -> PruneResult:
+    return _one_shot(ctx, metric="wanda")
