@@ -1,0 +1,111 @@
+"""save -> load gives identical logits and generations, for uniform and heterogeneous models,
+through llmsculpt.load and through plain transformers (vanilla config or trust_remote_code)."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from llmsculpt.errors import SculptError
+from llmsculpt.io.save import save_pruned
+from llmsculpt.models.loading import load
+from llmsculpt.plan import Plan
+from llmsculpt.structures.shapes import architecture
+from llmsculpt.surgery import apply_plan
+from llmsculpt.testing import tiny_model, tiny_tokenizer
+
+from conftest import FAMILIES
+
+X = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+def _pruned(family, heterogeneous):
+    model = tiny_model(family)
+    plan = Plan.keep_all(architecture(model))
+    if heterogeneous:
+        plan.layers[1].heads, plan.layers[1].kv_heads = [0, 2, 3], [0, 1]  # cluster attention
+        plan.layers[2].drop = True
+        plan.layers[3].mlp = list(range(50))
+    else:
+        for lp in plan.layers:
+            lp.mlp, lp.heads, lp.kv_heads = list(range(50)), [2, 3], [1]
+        plan.hidden = list(range(40))
+    apply_plan(model, plan)
+    return model, plan
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("heterogeneous", [False, True])
+def test_save_load_round_trip(tmp_path, family, heterogeneous):
+    model, plan = _pruned(family, heterogeneous)
+    out = tmp_path / "out"
+    save_pruned(model, tiny_tokenizer(), out, plan=plan, report={"method": "test"})
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["model_type"] == model.config.model_type) != heterogeneous
+    assert (out / "sculpt_modeling.py").exists() == heterogeneous
+    assert Plan.load(out / "plan.json").to_dict() == plan.to_dict()
+    reloaded = load(out, device="cpu").model
+    assert torch.equal(reloaded(X).logits, model(X).logits)
+    kwargs = {"trust_remote_code": True} if heterogeneous else {}
+    plain = AutoModelForCausalLM.from_pretrained(out, **kwargs)
+    assert torch.equal(plain(X).logits, model(X).logits)
+    want = model.generate(X[:, :4], max_new_tokens=6, do_sample=False)
+    assert torch.equal(plain.generate(X[:, :4], max_new_tokens=6, do_sample=False), want)
+    report = json.loads((out / "sculpt_report.json").read_text())
+    assert report["architecture"]["layers"][-1]["mlp"] == 50
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    model, plan = _pruned("tiny-llama", False)
+    out = tmp_path / "out"
+    save_pruned(model, tiny_tokenizer(), out, plan=plan)
+    with pytest.raises(SculptError, match="--overwrite"):
+        save_pruned(model, tiny_tokenizer(), out, plan=plan)
+    save_pruned(model, tiny_tokenizer(), out, plan=plan, overwrite=True)
+    assert (out / "model.safetensors").exists()
+
+
+def test_failed_save_leaves_nothing_behind(tmp_path):
+    model, plan = _pruned("tiny-llama", True)
+
+    class Broken:
+        def save_pretrained(self, directory):
+            raise RuntimeError("disk full")
+
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_pruned(model, Broken(), out, plan=plan)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_or_missing_models_give_clear_errors(tmp_path):
+    with pytest.raises(SculptError, match="not found|no such"):
+        load(tmp_path / "nope")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with pytest.raises(SculptError, match="no config.json"):
+        load(bad)
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(SculptError):
+        load(bad)
+    model, plan = _pruned("tiny-llama", False)
+    good = tmp_path / "good"
+    save_pruned(model, tiny_tokenizer(), good, plan=plan)
+    (good / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(SculptError, match="corrupt|could not load"):
+        load(good)
+    with pytest.raises(SculptError, match="unknown model"):
+        load("definitely-not-a-model")
+    with pytest.raises(SculptError, match="GGUF file"):
+        load(tmp_path / "missing.gguf")
+
+
+def test_unsupported_architecture_names_supported_ones():
+    from transformers import GPT2Config
+
+    from llmsculpt.models.spec import spec_for
+
+    with pytest.raises(SculptError, match="llama, mistral, qwen2, qwen3"):
+        spec_for(GPT2Config())

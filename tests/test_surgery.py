@@ -1,0 +1,132 @@
+"""Surgery invariants on tiny random models of every family: exactness vs masking, parameter counts,
+config after surgery, plan JSON and composition."""
+
+import copy
+
+import pytest
+import torch
+
+from llmsculpt.errors import SculptError
+from llmsculpt.plan import Plan
+from llmsculpt.structures.shapes import architecture, count_params
+from llmsculpt.surgery import apply_plan
+from llmsculpt.testing import tiny_model
+from llmsculpt.testing.masking import mask_plan
+
+from conftest import FAMILIES
+
+X = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def _mixed_plan(arch, *, hidden=True, cluster=True):
+    p = Plan.keep_all(arch)
+    p.layers[0].heads, p.layers[0].kv_heads = [2, 3], [1]  # a whole K/V group goes
+    if cluster:
+        p.layers[1].heads, p.layers[1].kv_heads = [0, 2, 3], [0, 1]  # uneven: 1 + 2 query heads
+    p.layers[2].drop = True
+    p.layers[3].mlp = list(range(0, arch.layers[3].mlp, 2))
+    if hidden:
+        p.hidden = [i for i in range(arch.hidden) if i % 5]
+    return p
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pruned_equals_masked_dense(family):
+    model = tiny_model(family, rms_norm_eps=1e-12)
+    plan = _mixed_plan(architecture(model))
+    ref = mask_plan(copy.deepcopy(model), plan)(X).logits
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    assert torch.allclose(pruned(X).logits, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_param_count_matches_plan(family):
+    model = tiny_model(family)
+    arch = architecture(model)
+    assert count_params(model) == arch.param_count()
+    plan = _mixed_plan(arch)
+    predicted = plan.resulting(arch)
+    apply_plan(model, plan)
+    assert count_params(model) == predicted.param_count()
+    assert architecture(model) == predicted
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_keep_all_is_exact_noop(family):
+    model = tiny_model(family)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ref = model(X).logits
+    plan = Plan.keep_all(architecture(model))
+    assert plan.is_noop(architecture(model))
+    apply_plan(model, plan)
+    assert torch.equal(model(X).logits, ref)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_config_after_surgery_uniform_and_heterogeneous():
+    model = tiny_model("tiny-qwen3")
+    arch = architecture(model)
+    uniform = Plan.keep_all(arch)
+    for lp in uniform.layers:
+        lp.heads, lp.kv_heads, lp.mlp = [0, 1], [0], list(range(40))
+    uniform.hidden = list(range(48))
+    apply_plan(model, uniform)
+    cfg = model.config
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size) == (2, 1, 40)
+    assert cfg.hidden_size == 48 and cfg.head_dim == 16 and not hasattr(cfg, "sculpt_layers")
+    het = Plan.keep_all(architecture(model))
+    het.layers[1].mlp = list(range(10))
+    het.layers[3].drop = True
+    apply_plan(model, het)
+    assert model.config.num_hidden_layers == 3
+    assert [e["intermediate_size"] for e in model.config.sculpt_layers] == [40, 10, 40]
+    assert len(model.config.layer_types) == 3
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2]
+
+
+def test_gqa_pairing_follows_repeat_kv():
+    """Query head h uses K/V head h // n_rep: dropping K/V head 1 must take query heads 2 and 3."""
+    model = tiny_model("tiny-llama")
+    plan = Plan.keep_all(architecture(model))
+    plan.layers[0].kv_heads, plan.layers[0].heads = [0], [0, 2]  # head 2 needs K/V head 1
+    with pytest.raises(SculptError, match="K/V heads"):
+        plan.validate(architecture(model))
+    plan.layers[0].heads = [0, 1]
+    plan.validate(architecture(model))
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda p: setattr(p.layers[0], "mlp", []), "at least one"),
+        (lambda p: (setattr(p.layers[0], "heads", []), setattr(p.layers[0], "kv_heads", [])), "at least one"),
+        (lambda p: setattr(p, "hidden", []), "at least one"),
+        (lambda p: [setattr(lp, "drop", True) for lp in p.layers], "every decoder layer"),
+        (lambda p: setattr(p.layers[0], "mlp", [0, 0, 1]), "unique"),
+        (lambda p: setattr(p.layers[0], "mlp", [500]), "in \\[0"),
+    ],
+)
+def test_invalid_plans_are_rejected(mutate, message):
+    model = tiny_model("tiny-llama")
+    plan = Plan.keep_all(architecture(model))
+    mutate(plan)
+    with pytest.raises(SculptError, match=message):
+        apply_plan(model, plan)
+
+
+def test_plan_json_round_trip_and_composition(tmp_path):
+    model = tiny_model("tiny-llama", rms_norm_eps=1e-12)
+    arch = architecture(model)
+    first = _mixed_plan(arch, hidden=False)
+    first.save(tmp_path / "p.json")
+    assert Plan.load(tmp_path / "p.json").to_dict() == first.to_dict()
+    step = copy.deepcopy(model)
+    apply_plan(step, first)
+    second = Plan.keep_all(architecture(step))
+    second.layers[0].mlp = list(range(1, 50))
+    second.layers[2].heads, second.layers[2].kv_heads = [0, 1], [0]
+    second.hidden = list(range(0, 60))
+    apply_plan(step, second)
+    once = apply_plan(copy.deepcopy(model), first.compose(second))
+    assert torch.allclose(once(X).logits, step(X).logits, atol=1e-6)
