@@ -86,6 +86,7 @@ def _convert_gguf_cached(gguf: Path) -> Path:
         raise SculptError(f"loading GGUF needs the 'gguf' package: pip install gguf ({exc})") from exc
     except Exception as exc:
         raise SculptError(f"could not read GGUF file {gguf}: {exc}") from exc
+    _forget_gguf_quantizer(model)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
@@ -97,6 +98,18 @@ def _convert_gguf_cached(gguf: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _forget_gguf_quantizer(model: nn.Module) -> None:
+    """transformers dequantises GGUF weights to plain tensors but keeps a "gguf" quantizer marker
+    that makes save_pretrained refuse; the weights are ordinary floats, so drop the marker."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    for attr in ("is_quantized", "quantization_method"):
+        if attr in vars(model):
+            delattr(model, attr)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def resolve_source(name: str | os.PathLike | None) -> tuple[str, str]:
