@@ -44,10 +44,9 @@ def load(name: str | os.PathLike | None = None, *, device=None, dtype=torch.floa
 def _calibration_fn(tokenizer, data: DataConfig, calib_text: str | None):
     from llmsculpt.calibration import calibration_batch
 
-    source = calib_text if calib_text is not None else data.calib
+    kw = {"texts": [calib_text]} if calib_text is not None else {"source": data.calib}
 
     def make(seed: int) -> torch.Tensor:
-        kw = {"texts": [source]} if calib_text is not None else {"source": source}
         return calibration_batch(
             tokenizer, n_samples=data.n_samples, seq_len=data.seq_len, seed=seed, min_length=data.min_length, **kw
         )

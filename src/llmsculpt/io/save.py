@@ -37,6 +37,8 @@ def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Path
     probe = parent
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        raise SculptError(f"output directory {out} cannot be created: {probe} is a file")
     if not os.access(probe, os.W_OK):
         raise SculptError(f"output directory {out} is not writable (no write permission on {probe})")
     return out

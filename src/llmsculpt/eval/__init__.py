@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, multiple-choice scoring, lm-eval adapter, speed and memory."""

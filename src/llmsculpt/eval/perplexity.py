@@ -1,0 +1,72 @@
+"""Perplexity on any text: non-overlapping windows of ``seq_len`` tokens, batched, token count reported."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from llmsculpt.errors import SculptError
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    nll: float  # mean negative log-likelihood per predicted token
+    tokens: int  # tokens predicted
+    windows: int
+    seq_len: int
+
+
+def _max_context(model) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+@torch.no_grad()
+def perplexity(
+    model,
+    tokenizer,
+    text: str | list[str],
+    *,
+    seq_len: int = 128,
+    batch_size: int = 8,
+    max_windows: int | None = None,
+) -> PerplexityResult:
+    """exp(mean NLL) over the text cut into non-overlapping ``seq_len`` windows (each window
+    predicts its last ``seq_len - 1`` tokens). ``max_windows`` keeps the first N windows.
+
+    Example:
+        >>> from llmsculpt.testing import tiny_model, tiny_tokenizer
+        >>> perplexity(tiny_model(), tiny_tokenizer(), "some text " * 40, seq_len=16).windows
+        25
+    """
+    limit = _max_context(model)
+    if seq_len < 2:
+        raise SculptError(f"seq-len must be at least 2, got {seq_len}")
+    if limit is not None and seq_len > limit:
+        raise SculptError(f"seq-len {seq_len} is beyond the model's context of {limit} tokens")
+    if isinstance(text, list):
+        text = "\n\n".join(text)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    n = len(ids) // seq_len
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n == 0:
+        raise SculptError(f"text too short for perplexity: {len(ids)} tokens, need at least {seq_len}")
+    device = next(model.parameters()).device
+    windows = torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        for batch in windows.split(batch_size):
+            batch = batch.to(device)
+            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum").item()
+    finally:
+        model.train(was_training)
+    count = n * (seq_len - 1)
+    nll = total / count
+    return PerplexityResult(ppl=math.exp(nll), nll=nll, tokens=count, windows=n, seq_len=seq_len)
