@@ -30,10 +30,11 @@ def run(capsys, *argv):
 def test_prune_eval_inspect_round_trip(tmp_path, calib, capsys):
     out = tmp_path / "pruned"
     code, stdout, err = run(capsys, "prune", "--model", "tiny-llama", "--ratio", 0.3, "--calib", calib,
-                            "--n-samples", 4, "--seq-len", 32, "--out", out, "--json")
+                            "--n-samples", 4, "--seq-len", 32, "--out", out, "--json", "--eval-text", calib)
     assert code == 0, err
     report = json.loads(stdout)
     assert 0.29 < report["achieved_ratio"] < 0.35
+    assert report["ppl_after"] > 1 and report["ppl_before"] > 1
     assert (out / "plan.json").exists() and (out / "sculpt_report.json").exists()
     code, stdout, err = run(capsys, "eval", "--model", out, "--text", calib, "--seq-len", 32, "--json")
     assert code == 0, err
@@ -51,7 +52,7 @@ def test_ratio_zero_is_exact_noop(tmp_path, calib, capsys):
 
     out = tmp_path / "same"
     code, _, err = run(capsys, "prune", "--model", "tiny-qwen3", "--ratio", 0, "--calib", calib,
-                       "--n-samples", 2, "--seq-len", 32, "--out", out)
+                       "--n-samples", 2, "--seq-len", 32, "--out", out, "--no-eval")
     assert code == 0, err
     x = torch.randint(0, 128, (1, 20))
     assert torch.equal(load(out, device="cpu").model(x).logits, tiny_model("tiny-qwen3")(x).logits)
@@ -61,7 +62,7 @@ def test_same_seed_same_plan(tmp_path, calib, capsys):
     plans = []
     for name in ("a", "b"):
         code, _, err = run(capsys, "prune", "--model", "tiny-mistral", "--ratio", 0.25, "--calib", calib,
-                           "--n-samples", 4, "--seq-len", 32, "--seed", 3, "--out", tmp_path / name)
+                           "--n-samples", 4, "--seq-len", 32, "--seed", 3, "--out", tmp_path / name, "--no-eval")
         assert code == 0, err
         plans.append(json.loads((tmp_path / name / "plan.json").read_text()))
     assert plans[0] == plans[1]
@@ -87,9 +88,9 @@ def test_bad_prune_inputs(tmp_path, calib, capsys, argv, message):
     (tmp_path / "short.txt").write_text("tiny")
     subst = {"EMPTY": tmp_path / "empty.txt", "SHORT": tmp_path / "short.txt", "MISSING": tmp_path / "nope.txt"}
     argv = [str(subst.get(a, a)) for a in argv]
-    base = ["prune", "--model", "tiny-llama", "--calib", calib, "--n-samples", 2, "--seq-len", 32]
+    base = ["prune", "--no-eval", "--model", "tiny-llama", "--calib", calib, "--n-samples", 2, "--seq-len", 32]
     if "--calib" in argv:
-        base = base[:3] + base[5:]
+        base = base[:4] + base[6:]
     out = tmp_path / "out"
     code, _, err = run(capsys, *base, *argv, "--out", out)
     assert code == 2
@@ -104,7 +105,7 @@ def test_output_directory_protection(tmp_path, calib, capsys):
     out = tmp_path / "exists"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    args = ["prune", "--model", "tiny-llama", "--calib", calib, "--n-samples", 2, "--seq-len", 32, "--out", out]
+    args = ["prune", "--no-eval", "--model", "tiny-llama", "--calib", calib, "--n-samples", 2, "--seq-len", 32, "--out", out]
     code, _, err = run(capsys, *args)
     assert code == 2 and "--overwrite" in err
     assert (out / "keep.txt").read_text() == "precious"

@@ -62,12 +62,14 @@ def prune(
     calib_text: str | None = None,
     progress: bool = False,
     eval_text: str | None = None,
+    eval_windows: int | None = None,
     **overrides,
 ) -> PruneOutcome:
     """Prune ``model`` (a name/path to load, or a loaded module + ``tokenizer``) to a target size.
 
     ``overrides`` are PruneConfig fields (ratio, target_params, method, metric, seed...).
-    ``eval_text``, if given, is used to report perplexity before and after.
+    ``eval_text``, if given, is used to report perplexity before and after (on at most
+    ``eval_windows`` windows of ``seq_len`` tokens).
 
     Example:
         >>> out = prune("tiny-qwen2", ratio=0.3, method="uniform", calib_text="abc " * 500)
@@ -97,7 +99,7 @@ def prune(
     calib = _calibration_fn(tokenizer, cfg.data, calib_text)
     before = count_params(model)
     calib(cfg.seed)  # fail on bad calibration data before any work
-    ppl_before = _ppl(model, tokenizer, eval_text, cfg.data.seq_len) if eval_text else None
+    ppl_before = _ppl(model, tokenizer, eval_text, cfg.data.seq_len, eval_windows) if eval_text else None
     t0 = time.perf_counter()
     result = method(PruneContext(model=model, tokenizer=tokenizer, config=cfg, calibration=calib, progress=progress))
     seconds = time.perf_counter() - t0
@@ -115,15 +117,16 @@ def prune(
     }
     if eval_text:
         report["ppl_before"] = ppl_before
-        report["ppl_after"] = _ppl(model, tokenizer, eval_text, cfg.data.seq_len)
+        report["ppl_after"] = _ppl(model, tokenizer, eval_text, cfg.data.seq_len, eval_windows)
+        report["ppl_windows"] = eval_windows
     result.plan.meta.update({"method": cfg.method, "seed": cfg.seed})
     return PruneOutcome(model=model, tokenizer=tokenizer, plan=result.plan, report=report)
 
 
-def _ppl(model, tokenizer, text: str, seq_len: int) -> float:
+def _ppl(model, tokenizer, text: str, seq_len: int, max_windows: int | None = None) -> float:
     from llmsculpt.eval.perplexity import perplexity
 
-    return perplexity(model, tokenizer, text, seq_len=seq_len).ppl
+    return perplexity(model, tokenizer, text, seq_len=seq_len, max_windows=max_windows).ppl
 
 
 def evaluate(model, tokenizer=None, *, text: str, seq_len: int = 128, batch_size: int = 8) -> dict:

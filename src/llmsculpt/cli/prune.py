@@ -25,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=None, help="calibration sample length (default 128)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option (repeatable)")
-    p.add_argument("--eval-text", default=None, help="text file: report perplexity before and after")
+    p.add_argument("--eval-text", default=None, help="text file for perplexity before/after (default: held-out part of the embedded text)")
+    p.add_argument("--eval-windows", type=int, default=40, help="windows scored for that perplexity (default 40)")
+    p.add_argument("--no-eval", action="store_true", help="skip the before/after perplexity")
     p.add_argument("--out", required=False, default=None, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--dry-run", action="store_true", help="decide and print the plan summary, do not save")
@@ -85,8 +87,14 @@ def run(args: argparse.Namespace) -> int:
     get_method(cfg.method)  # unknown method: fail before loading anything
     if args.out:
         check_output_dir(args.out, overwrite=args.overwrite)
-    eval_text = read_text_file(args.eval_text) if args.eval_text else None
-    outcome = prune(config=cfg, progress=not args.json, eval_text=eval_text)
+    eval_text = None
+    if args.eval_text:
+        eval_text = read_text_file(args.eval_text)
+    elif not args.no_eval:
+        from llmsculpt.calibration import default_documents
+
+        eval_text = "\n\n".join(default_documents("heldout"))
+    outcome = prune(config=cfg, progress=not args.json, eval_text=eval_text, eval_windows=args.eval_windows)
     if args.out and not args.dry_run:
         outcome.save(args.out, overwrite=args.overwrite)
     r = outcome.report
@@ -102,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             f"(removed {r['achieved_ratio']:.1%}, target {r['target_ratio']:.1%})  in {r['seconds']:.1f}s"
         )
         if "ppl_after" in r:
-            line += f"  ppl {r['ppl_before']:.2f} -> {r['ppl_after']:.2f}"
+            line += f"\nheld-out perplexity {r['ppl_before']:.2f} -> {r['ppl_after']:.2f} ({r['ppl_windows']} windows of {cfg.data.seq_len})"
         print(line)
         if args.out and not args.dry_run:
             print(f"saved to {args.out}")
