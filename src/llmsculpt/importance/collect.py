@@ -65,7 +65,7 @@ def collect_stats(
     gradients (diagonal empirical Fisher), which forces micro-batches of one sample.
     """
     stats = Stats(samples=int(batch.shape[0]))
-    if not needs:
+    if not needs:  # pass {"forward"} to run a forward pass anyway (e.g. for layer hooks)
         return stats
     device = next(model.parameters()).device
     batch = batch.to(device)

@@ -36,7 +36,7 @@ class PruneResult:
 METHODS: Registry[Callable[[PruneContext], PruneResult]] = Registry("pruning method")
 
 # modules that register methods; imported on first lookup so `import llmsculpt` stays lean
-_METHOD_MODULES = ("llmsculpt.methods.uniform",)
+_METHOD_MODULES = ("llmsculpt.methods.uniform", "llmsculpt.methods.adaptive")
 
 
 def get_method(name: str) -> Callable[[PruneContext], PruneResult]:
