@@ -30,10 +30,19 @@ class PruneOutcome:
     plan: Plan
     report: dict
 
-    def save(self, out: str | os.PathLike, *, overwrite: bool = False) -> None:
+    def save(self, out: str | os.PathLike, *, overwrite: bool = False, plots: bool = False) -> None:
+        """Write the model, plan and report atomically; ``plots`` adds PNGs (needs matplotlib)."""
         from llmsculpt.io.save import save_pruned
 
-        save_pruned(self.model, self.tokenizer, out, plan=self.plan, report=self.report, overwrite=overwrite)
+        def draw(directory):
+            from llmsculpt.io.plots import plot_report
+
+            plot_report(directory, architecture(self.model), self.report)
+
+        save_pruned(
+            self.model, self.tokenizer, out, plan=self.plan, report=self.report, overwrite=overwrite,
+            after=draw if plots else None,
+        )
 
 
 def load(name: str | os.PathLike | None = None, *, device=None, dtype=torch.float32) -> Loaded:
@@ -98,6 +107,7 @@ def prune(
     method = get_method(cfg.method)
     calib = _calibration_fn(tokenizer, cfg.data, calib_text)
     before = count_params(model)
+    original = architecture(model).to_dict()
     calib(cfg.seed)  # fail on bad calibration data before any work
     ppl_before = _ppl(model, tokenizer, eval_text, cfg.data.seq_len, eval_windows) if eval_text else None
     t0 = time.perf_counter()
@@ -113,6 +123,7 @@ def prune(
         "target_ratio": cfg.removal_target(before) / before,
         "seconds": seconds,
         "uniform_layers": architecture(model).is_uniform,
+        "original_architecture": original,
         "history": result.history,
     }
     if eval_text:

@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the before/after perplexity")
     p.add_argument("--out", required=False, default=None, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--no-plots", action="store_true", help="do not write PNG plots next to the model")
     p.add_argument("--dry-run", action="store_true", help="decide and print the plan summary, do not save")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--list-methods", action="store_true", help="list pruning methods and exit")
@@ -67,6 +68,12 @@ def build_config(args: argparse.Namespace):
     return PruneConfig.from_dict(cfg)
 
 
+def _has_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def run(args: argparse.Namespace) -> int:
     from llmsculpt.errors import SculptError
 
@@ -96,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         eval_text = "\n\n".join(default_documents("heldout"))
     outcome = prune(config=cfg, progress=not args.json, eval_text=eval_text, eval_windows=args.eval_windows)
     if args.out and not args.dry_run:
-        outcome.save(args.out, overwrite=args.overwrite)
+        outcome.save(args.out, overwrite=args.overwrite, plots=not args.no_plots and _has_matplotlib())
     r = outcome.report
     if args.json:
         emit_json(r)

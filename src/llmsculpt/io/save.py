@@ -98,8 +98,11 @@ def save_pruned(
     report: dict | None = None,
     overwrite: bool = False,
     extra_files: dict[str, str] | None = None,
+    after=None,
 ) -> Path:
-    """Atomically write model + tokenizer + ``plan.json`` + ``sculpt_report.json`` to ``out``."""
+    """Atomically write model + tokenizer + ``plan.json`` + ``sculpt_report.json`` to ``out``.
+
+    ``after(tmp_dir)``, if given, may add files before the directory is moved into place."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
         arch = write_model_files(model, tokenizer, tmp)
         if plan is not None:
@@ -108,4 +111,6 @@ def save_pruned(
         (tmp / "sculpt_report.json").write_text(json.dumps(full_report, indent=1, default=str))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        if after is not None:  # e.g. plots: still inside the atomic directory
+            after(tmp)
     return Path(out)

@@ -31,12 +31,13 @@ _COMMON = dict(
     pad_token_id=0,
 )
 
+# name -> (config class, settings beyond the common ones)
 TINY_MODELS = {
-    "tiny-llama": lambda: LlamaConfig(**_COMMON, head_dim=16),
-    "tiny-llama-tied": lambda: LlamaConfig(**{**_COMMON, "tie_word_embeddings": True}, head_dim=16),
-    "tiny-mistral": lambda: MistralConfig(**_COMMON, head_dim=16, sliding_window=None),
-    "tiny-qwen2": lambda: Qwen2Config(**_COMMON),
-    "tiny-qwen3": lambda: Qwen3Config(**_COMMON, head_dim=16),
+    "tiny-llama": (LlamaConfig, {"head_dim": 16}),
+    "tiny-llama-tied": (LlamaConfig, {"head_dim": 16, "tie_word_embeddings": True}),
+    "tiny-mistral": (MistralConfig, {"head_dim": 16, "sliding_window": None}),
+    "tiny-qwen2": (Qwen2Config, {}),
+    "tiny-qwen3": (Qwen3Config, {"head_dim": 16}),
 }
 
 
@@ -52,9 +53,8 @@ def tiny_model(name: str = "tiny-llama", *, seed: int = 0, **overrides) -> torch
         from llmsculpt.errors import SculptError
 
         raise SculptError(f"unknown tiny model {name!r}; choose one of: {', '.join(TINY_MODELS)}")
-    config = TINY_MODELS[name]()
-    for key, value in overrides.items():
-        setattr(config, key, value)
+    cls, extra = TINY_MODELS[name]
+    config = cls(**{**_COMMON, **extra, **overrides})
     config._attn_implementation = "sdpa"
     gen = torch.random.fork_rng()
     with gen:

@@ -1,0 +1,70 @@
+"""PNG pictures of what pruning did (matplotlib, an optional extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmsculpt.errors import require
+from llmsculpt.structures.shapes import Architecture
+
+
+def _pyplot():
+    mpl = require("matplotlib", extra="plot", feature="plots")
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_layer_params(directory: Path, arch: Architecture, original: dict | None) -> Path:
+    """Per-layer parameter count of the pruned model vs the original (Adapt-Pruner Fig. 1 style)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    pruned = [arch.layer_params(ls) for ls in arch.layers]
+    if original:
+        orig = Architecture(**{**original, "layers": ()})
+        from llmsculpt.structures.shapes import LayerShape
+
+        layers = [LayerShape(d["n_heads"], d["n_kv"], d["mlp"], tuple(d["kv_map"])) for d in original["layers"]]
+        ax.bar(range(len(layers)), [orig.layer_params(ls) / 1e6 for ls in layers], color="#cccccc", label="original")
+    ax.bar(range(len(pruned)), [p / 1e6 for p in pruned], color="#3b6ea8", label="pruned")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("parameters (M)")
+    ax.legend()
+    fig.tight_layout()
+    path = directory / "layer_params.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_layer_importance(directory: Path, steps: list[dict]) -> Path:
+    """Layer importance (normalised) per pruning step, and the per-layer sparsity each step set."""
+    plt = _pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    cmap = plt.get_cmap("viridis")
+    for k, st in enumerate(steps):
+        color = cmap(k / max(1, len(steps) - 1))
+        a1.plot(st["importance"], color=color, label=f"step {st['step']}" if k in (0, len(steps) - 1) else None)
+        sp = {int(i): v for i, v in st["sparsity"].items()}
+        a2.plot(sorted(sp), [sp[i] for i in sorted(sp)], color=color)
+    a1.set_title("layer importance −cos(in, out)")
+    a1.set_xlabel("decoder layer")
+    a1.legend()
+    a2.set_title("per-layer sparsity of each step")
+    a2.set_xlabel("decoder layer")
+    fig.tight_layout()
+    path = directory / "layer_importance.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_report(directory: Path, arch: Architecture, report: dict) -> list[Path]:
+    """All plots that the report supports, written into ``directory``."""
+    directory = Path(directory)
+    paths = [plot_layer_params(directory, arch, report.get("original_architecture"))]
+    steps = (report.get("history") or {}).get("steps")
+    if steps and "importance" in steps[0]:
+        paths.append(plot_layer_importance(directory, steps))
+    return paths

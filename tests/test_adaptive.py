@@ -1,0 +1,120 @@
+"""Adapt-Pruner: layer importance, normalisation, allocation, GQA rounding, A=0 == uniform,
+iterative runs reaching the target, plan replay, plots."""
+
+import copy
+
+import pytest
+import torch
+
+from llmsculpt.allocation import PruneScope, counts_for_sparsity, solve_uniform_offset
+from llmsculpt.allocation.adaptive import adaptive_offsets
+from llmsculpt.config import PruneConfig
+from llmsculpt.importance.layer_importance import layer_change, layer_io_hooks, normalise
+from llmsculpt.methods import PruneContext, get_method
+from llmsculpt.structures.shapes import LayerShape, architecture, count_params
+from llmsculpt.surgery import apply_plan
+from llmsculpt.testing import tiny_model, tiny_tokenizer
+
+
+def calib(seed):
+    return torch.randint(4, 128, (4, 32), generator=torch.Generator().manual_seed(seed))
+
+
+def run(method, model, **cfg):
+    ctx = PruneContext(model, tiny_tokenizer(), PruneConfig(**cfg), calib, progress=False)
+    return get_method(method)(ctx)
+
+
+def test_identity_layer_is_least_important():
+    model = tiny_model("tiny-llama", num_hidden_layers=4)
+    with torch.no_grad():
+        model.model.layers[2].self_attn.o_proj.weight.zero_()
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+    with layer_io_hooks(model) as imp, torch.no_grad():
+        model(calib(0))
+    values = imp.values()
+    assert values.argmin().item() == 2 and values[2].item() == pytest.approx(-1.0, abs=1e-5)
+    x = torch.randn(5, 8)
+    assert torch.allclose(layer_change(x, x, "euclidean"), torch.zeros(5))
+    assert torch.allclose(layer_change(x, 2 * x, "cosine"), -torch.ones(5), atol=1e-6)
+
+
+def test_normalisation():
+    imp = torch.tensor([1.0, 2.0, 3.0, 10.0])
+    n = normalise(imp, [0, 1, 2])
+    assert n.tolist() == pytest.approx([-1.0, 0.0, 1.0, 0.0])
+    assert normalise(torch.ones(4), [0, 1, 2, 3]).tolist() == [0, 0, 0, 0]
+
+
+def test_allocation_hits_target_and_favours_important_layers():
+    arch = architecture(tiny_model("tiny-llama", num_hidden_layers=6))
+    scope = PruneScope()
+    norm = torch.tensor([-1.0, -0.5, 0.0, 0.2, 0.5, 1.0])
+    target = int(0.3 * sum(arch.layer_params(ls) for ls in arch.layers))
+    s, budgets = solve_uniform_offset(arch, target, scope, offsets=adaptive_offsets(norm, list(range(6)), 0.2))
+    removed = sum(b.removed_params for b in budgets.values())
+    per_channel = 3 * arch.hidden
+    assert target <= removed <= target + 6 * per_channel  # at most one channel per layer over
+    assert budgets[0].removed_params > budgets[5].removed_params
+
+
+def test_gqa_rounding_prunes_attention_only_when_sparsity_allows():
+    arch = architecture(tiny_model("tiny-llama"))
+    three = LayerShape(n_heads=9, n_kv=3, mlp=96, kv_map=tuple(h // 3 for h in range(9)))
+    scope = PruneScope()
+    assert counts_for_sparsity(arch, three, 0.10, scope).attn_units == 0
+    assert counts_for_sparsity(arch, three, 0.30, scope).attn_units == 1
+    b = counts_for_sparsity(arch, three, 0.30, scope)
+    assert b.mlp_channels > 0  # the MLP still takes its share
+    layer_total = arch.layer_params(three) - 2 * arch.hidden
+    assert abs(b.removed_params - 0.3 * layer_total) < 3 * arch.hidden * 2
+
+
+def test_amplitude_zero_single_step_is_uniform():
+    base = tiny_model("tiny-qwen2", num_hidden_layers=6)
+    u, a = copy.deepcopy(base), copy.deepcopy(base)
+    ru = run("uniform", u, ratio=0.3)
+    ra = run("adaptive", a, ratio=0.3, options={"amplitude": 0.0, "steps": 1})
+    assert ru.plan.to_dict()["layers"] == ra.plan.to_dict()["layers"]
+    x = calib(5)
+    assert torch.equal(u(x).logits, a(x).logits)
+
+
+def test_iterative_run_reaches_target_and_replays():
+    base = tiny_model("tiny-llama", num_hidden_layers=6)
+    model = copy.deepcopy(base)
+    target = 120_000
+    result = run("adaptive", model, target_params=target, options={"amplitude": 0.1, "steps": 4})
+    params = count_params(model)
+    step_size = (count_params(base) - target) / 4
+    assert target - step_size / 4 <= params <= target
+    assert len(result.history["steps"]) == 4
+    assert all(len(st["importance"]) == 6 for st in result.history["steps"])
+    replay = apply_plan(copy.deepcopy(base), result.plan)
+    x = calib(9)
+    assert torch.allclose(replay(x).logits, model(x).logits, atol=1e-6)
+
+
+def test_same_seed_same_plan_and_plots(tmp_path):
+    plans = []
+    for _ in range(2):
+        model = tiny_model("tiny-mistral")
+        plans.append(run("adaptive", model, ratio=0.25, seed=4, options={"steps": 2}).plan.to_dict())
+    assert plans[0] == plans[1]
+    pytest.importorskip("matplotlib")
+    from llmsculpt import prune
+
+    out = prune("tiny-llama", ratio=0.3, method="adaptive", calib_text="pruning text " * 300,
+                n_samples=4, seq_len=32, options={"steps": 2})
+    out.save(tmp_path / "m", plots=True)
+    assert (tmp_path / "m" / "layer_params.png").stat().st_size > 1000
+    assert (tmp_path / "m" / "layer_importance.png").stat().st_size > 1000
+
+
+def test_bad_options_are_rejected():
+    from llmsculpt.errors import SculptError
+
+    with pytest.raises(SculptError, match="unknown adaptive options"):
+        run("adaptive", tiny_model(), ratio=0.2, options={"stepz": 3})
+    with pytest.raises(SculptError, match="distance"):
+        run("adaptive", tiny_model(), ratio=0.2, options={"distance": "chebyshev"})
