@@ -194,12 +194,26 @@ def _load_pretrained(directory: str, *, dtype: torch.dtype, hub: bool):
             model = cls.from_pretrained(directory, config=config, dtype=dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+        tokenizer = _load_tokenizer(directory)
     except OSError as exc:
         raise SculptError(f"could not load model from {directory!r}: {exc}") from exc
     except Exception as exc:
         raise SculptError(f"model files in {directory!r} are missing or corrupt: {exc}") from exc
     return model, tokenizer
+
+
+def _load_tokenizer(directory: str):
+    """AutoTokenizer, quiet about our heterogeneous model types (it reads config.json too and
+    would warn that it does not know 'sculpt_llama', which is irrelevant for the tokenizer)."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _read_config(directory: str):
