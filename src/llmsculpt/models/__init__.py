@@ -1,0 +1,1 @@
+"""Model loading (HF dir, hub id, GGUF, built-ins), per-family specs, heterogeneous modeling."""
