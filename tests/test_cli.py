@@ -81,6 +81,7 @@ def test_same_seed_same_plan(tmp_path, calib, capsys):
         (["--calib", "EMPTY"], "empty"),
         (["--calib", "SHORT"], "too short"),
         (["--calib", "MISSING"], "does not exist|not found"),
+        (["--seq-len", "100000"], "beyond the model's context"),
     ],
 )
 def test_bad_prune_inputs(tmp_path, calib, capsys, argv, message):

@@ -105,6 +105,11 @@ def prune(
         loaded = _load(model if model is not None else cfg.model)
         model, tokenizer = loaded.model, loaded.tokenizer
     method = get_method(cfg.method)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and cfg.data.seq_len > context:
+        from llmsculpt.errors import SculptError
+
+        raise SculptError(f"seq-len {cfg.data.seq_len} is beyond the model's context of {context} tokens")
     calib = _calibration_fn(tokenizer, cfg.data, calib_text)
     before = count_params(model)
     original = architecture(model).to_dict()
