@@ -118,3 +118,15 @@ def test_bad_options_are_rejected():
         run("adaptive", tiny_model(), ratio=0.2, options={"stepz": 3})
     with pytest.raises(SculptError, match="distance"):
         run("adaptive", tiny_model(), ratio=0.2, options={"distance": "chebyshev"})
+
+
+def test_small_iterative_steps_still_prune_attention():
+    """Per-step sparsity of ~7 % would round to zero K/V groups out of 3; cumulative sparsity must not."""
+    base = tiny_model("tiny-mistral", num_attention_heads=6, num_key_value_heads=3, head_dim=16)
+    one_shot, iterative = copy.deepcopy(base), copy.deepcopy(base)
+    run("uniform", one_shot, ratio=0.35)
+    run("adaptive", iterative, ratio=0.35, options={"amplitude": 0.0, "steps": 5})
+    kv_one = [ls.n_kv for ls in architecture(one_shot).layers]
+    kv_iter = [ls.n_kv for ls in architecture(iterative).layers]
+    assert kv_one == [2, 2, 2, 2]
+    assert kv_iter == kv_one

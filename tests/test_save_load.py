@@ -109,3 +109,30 @@ def test_unsupported_architecture_names_supported_ones():
 
     with pytest.raises(SculptError, match="llama, mistral, qwen2, qwen3"):
         spec_for(GPT2Config())
+
+
+def test_uniform_model_that_vanilla_llama_config_rejects(tmp_path):
+    """Llama's config insists hidden % heads == 0; 3 heads on hidden 64 is still a valid model."""
+    model = tiny_model("tiny-llama")
+    plan = Plan.keep_all(architecture(model))
+    for lp in plan.layers:
+        lp.heads, lp.kv_heads = [0, 1], [0]
+    plan.hidden = list(range(60))  # 60 % 2 == 0: LlamaConfig accepts it, although 2 * 16 != 60
+    apply_plan(model, plan)
+    out = tmp_path / "m"
+    save_pruned(model, tiny_tokenizer(), out, plan=plan)
+    report = json.loads((out / "sculpt_report.json").read_text())
+    reloaded = load(out, device="cpu").model
+    assert torch.equal(reloaded(X).logits, model(X).logits)
+    assert report["architecture"]["plain_transformers"] is True
+    assert torch.equal(AutoModelForCausalLM.from_pretrained(out)(X).logits, model(X).logits)
+    three = tiny_model("tiny-llama")
+    plan3 = Plan.keep_all(architecture(three))
+    plan3.hidden = list(range(63))  # 63 % 4 != 0: LlamaConfig would refuse this config
+    apply_plan(three, plan3)
+    save_pruned(three, tiny_tokenizer(), tmp_path / "h63", plan=plan3)
+    report = json.loads((tmp_path / "h63" / "sculpt_report.json").read_text())
+    assert report["architecture"]["plain_transformers"] is False
+    assert torch.equal(load(tmp_path / "h63", device="cpu").model(X).logits, three(X).logits)
+    remote = AutoModelForCausalLM.from_pretrained(tmp_path / "h63", trust_remote_code=True)
+    assert torch.equal(remote(X).logits, three(X).logits)

@@ -62,24 +62,40 @@ def _attn_unit_params(arch: Architecture, ls: LayerShape, unit: str) -> tuple[in
     return rep, ls.n_kv * (2 * h * d + bias)  # one query head from every group
 
 
-def counts_for_sparsity(arch: Architecture, ls: LayerShape, sparsity: float, scope: PruneScope) -> LayerBudget:
-    """Whole attention units and MLP channels whose removal brings a layer closest to ``sparsity``."""
+def counts_for_sparsity(
+    arch: Architecture,
+    ls: LayerShape,
+    sparsity: float,
+    scope: PruneScope,
+    original: LayerShape | None = None,
+) -> LayerBudget:
+    """What layer ``ls`` must lose so that it ends ``sparsity`` smaller than ``original``.
+
+    ``sparsity`` is cumulative, relative to the layer's original shape (default: ``ls`` itself),
+    so iterative pruning rounds attention against the original unit count: a layer with 3 K/V
+    groups loses one once its cumulative sparsity passes ~17 %, even if every step is small.
+    """
     sparsity = min(max(sparsity, 0.0), MAX_SPARSITY)
-    n_units, per_unit = _attn_unit_params(arch, ls, scope.attn_unit)
+    orig = original or ls
+    n_orig, per_unit = _attn_unit_params(arch, orig, scope.attn_unit)
+    n_now, _ = _attn_unit_params(arch, ls, scope.attn_unit)
     if scope.attn_unit == "head" and not ls.is_grouped_evenly:
-        n_units = 1  # uneven groups cannot lose heads evenly; leave their attention alone
+        n_orig = n_now = 1  # uneven groups cannot lose heads evenly; leave their attention alone
     per_channel = 3 * arch.hidden + (2 if arch.mlp_bias else 0)
-    attn_total = n_units * per_unit if scope.attention else 0
-    mlp_total = ls.mlp * per_channel if scope.mlp else 0
+    attn_total = n_orig * per_unit if scope.attention else 0
+    mlp_total = orig.mlp * per_channel if scope.mlp else 0
     target = sparsity * (attn_total + mlp_total)
-    units = 0
-    if scope.attention and n_units > 1:
-        units = round(sparsity * n_units) if scope.mlp else round(target / per_unit)
-        units = min(max(units, 0), n_units - 1)
+    keep_units = n_now
+    if scope.attention and n_orig > 1:
+        gone = round(sparsity * n_orig) if scope.mlp else round(target / per_unit)
+        keep_units = min(n_now, min(max(n_orig - gone, 1), n_orig))
     channels = 0
     if scope.mlp:
-        channels = round(max(0.0, target - units * per_unit) / per_channel)
-        channels = min(channels, ls.mlp - 1)
+        attn_gone = (n_orig - keep_units) * per_unit if scope.attention else 0
+        keep_mlp = orig.mlp - round(max(0.0, target - attn_gone) / per_channel)
+        keep_mlp = min(ls.mlp, min(max(keep_mlp, 1), orig.mlp))
+        channels = ls.mlp - keep_mlp
+    units = n_now - keep_units
     return LayerBudget(units, channels, units * per_unit + channels * per_channel)
 
 
@@ -89,19 +105,27 @@ def solve_uniform_offset(
     scope: PruneScope,
     *,
     offsets: dict[int, float] | None = None,
+    original: Architecture | None = None,
 ) -> tuple[float, dict[int, LayerBudget]]:
     """Find S so that layers with sparsity S − offsets[i] (clipped) remove ≈ ``remove`` params.
 
-    Returns the smallest S whose removal reaches the target (bisection; removal is monotone in S)
-    and the per-layer budgets. Raises if even the maximum sparsity cannot reach it.
+    Sparsities are cumulative relative to ``original`` (default: ``arch``, i.e. one-shot); the
+    budgets say what to remove from ``arch`` now. Returns the smallest S whose removal reaches the
+    target (bisection; removal is monotone in S) and the per-layer budgets. Raises if even the
+    maximum sparsity cannot reach it.
     """
     ids = scope.layer_ids(len(arch.layers))
     if not ids:
         raise SculptError("the layer range selects no layers")
     offsets = offsets or {}
+    base = original or arch
+    if len(base.layers) != len(arch.layers):
+        raise SculptError("original and current architectures have different layer counts")
 
     def budgets(s: float) -> dict[int, LayerBudget]:
-        return {i: counts_for_sparsity(arch, arch.layers[i], s - offsets.get(i, 0.0), scope) for i in ids}
+        return {
+            i: counts_for_sparsity(arch, arch.layers[i], s - offsets.get(i, 0.0), scope, base.layers[i]) for i in ids
+        }
 
     def removed(s: float) -> int:
         return sum(b.removed_params for b in budgets(s).values())

@@ -21,7 +21,7 @@ from torch import nn
 from llmsculpt.errors import SculptError
 from llmsculpt.models import sculpt_modeling
 from llmsculpt.plan import Plan
-from llmsculpt.surgery.config import sync_config
+from llmsculpt.surgery.config import is_vanilla, sync_config
 
 REMOTE_FILE = "sculpt_modeling.py"
 
@@ -70,12 +70,19 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
 def write_model_files(model: nn.Module, tokenizer, directory: Path) -> dict:
     """Write weights, config (vanilla or heterogeneous) and tokenizer into ``directory``."""
     arch = sync_config(model)
-    model.save_pretrained(directory, safe_serialization=True)
+    vanilla = is_vanilla(model.config)
+    original_config = model.config
+    if not vanilla:  # save through our config class: the family's may refuse these shapes
+        model.config = sculpt_modeling.SCULPT_CLASSES[arch.model_type][0].from_dict(original_config.to_dict())
+    try:
+        model.save_pretrained(directory, safe_serialization=True)
+    finally:
+        model.config = original_config
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     cfg_path = directory / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    if not arch.is_uniform:
+    if not vanilla:
         config_cls, model_cls = sculpt_modeling.SCULPT_CLASSES[arch.model_type]
         module = REMOTE_FILE[:-3]
         cfg["model_type"] = config_cls.model_type
@@ -86,7 +93,7 @@ def write_model_files(model: nn.Module, tokenizer, directory: Path) -> dict:
         }
         shutil.copyfile(sculpt_modeling.__file__, directory / REMOTE_FILE)
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    return arch.to_dict()
+    return {**arch.to_dict(), "plain_transformers": vanilla}
 
 
 def save_pruned(

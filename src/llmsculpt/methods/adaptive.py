@@ -3,7 +3,9 @@
 Every step re-measures, on the *current* model, each layer's importance (how much it changes its
 input) and the Taylor importance of every head/channel, in one forward+backward pass; layer i then
 gets sparsity S − A·I_i and loses its lowest-scored K/V groups (or heads) and MLP channels. The
-removal target grows linearly from 0 to the final one over the steps.
+removal target grows linearly from 0 to the final one over the steps. Sparsities are cumulative,
+relative to the layer's original shape, so small steps still remove whole K/V groups once a
+layer's sparsity calls for one (rounding each step's small increment would never prune attention).
 
 Options (``PruneConfig.options``): ``amplitude`` A (0.02), ``steps`` T (default 10: the paper uses
 50 on GPUs; on 2 CPU cores each step costs one forward+backward over the calibration batch, and
@@ -68,7 +70,8 @@ def adaptive(ctx: PruneContext) -> PruneResult:
         raw = imp.values()
         norm = normalise(raw, ids)
         scores = score_groups(model, stats, metric, aggregation=cfg.aggregation)
-        plan, s, per_layer = plan_step(cur, scores, remove, scope, adaptive_offsets(norm, ids, amplitude))
+        offsets = adaptive_offsets(norm, ids, amplitude)
+        plan, s, per_layer = plan_step(cur, scores, remove, scope, offsets, original=arch0)
         apply_plan(model, plan)
         composed = composed.compose(plan)
         params = architecture(model).param_count()

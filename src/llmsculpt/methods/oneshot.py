@@ -38,9 +38,12 @@ def plan_step(
     remove: int,
     scope: PruneScope,
     offsets: dict[int, float] | None = None,
+    original: Architecture | None = None,
 ) -> tuple[Plan, float, dict]:
-    """Budgets for removing ``remove`` params with the given per-layer offsets, and the plan."""
-    s, budgets = solve_uniform_offset(arch, remove, scope, offsets=offsets)
+    """Budgets for removing ``remove`` params with the given per-layer offsets, and the plan.
+
+    With ``original`` the sparsities are cumulative relative to it (iterative pruning)."""
+    s, budgets = solve_uniform_offset(arch, remove, scope, offsets=offsets, original=original)
     plan = select_plan(arch, scores, budgets, scope)
     per_layer = {
         i: {"attn_units": b.attn_units, "mlp_channels": b.mlp_channels, "removed": b.removed_params}

@@ -112,6 +112,20 @@ def _mixin_init(self, config) -> None:
 class SculptLlamaConfig(LlamaConfig):
     model_type = "sculpt_llama"
 
+    def validate_architecture(self):
+        """Llama's check (hidden % heads == 0) is stricter than the modeling code: with an explicit
+        head_dim, pruned models may have any head count."""
+        if not self.head_dim or self.head_dim <= 0:
+            raise ValueError("head_dim must be set explicitly for pruned models")
+
+    def validate(self) -> None:
+        # transformers' strict dataclass binds the validator list to LlamaConfig itself, so the
+        # override above only takes effect if we run the list ourselves
+        for validator in getattr(LlamaConfig, "__class_validators__", []):
+            if validator.__name__ != "validate_architecture":
+                validator(self)
+        self.validate_architecture()
+
 
 class SculptLlamaForCausalLM(LlamaForCausalLM):
     config_class = SculptLlamaConfig

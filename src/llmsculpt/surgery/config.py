@@ -33,11 +33,27 @@ def sync_config(model: nn.Module) -> Architecture:
     cfg.num_attention_heads = max(ls.n_heads for ls in arch.layers)
     cfg.num_key_value_heads = max(ls.n_kv for ls in arch.layers)
     cfg.intermediate_size = max(ls.mlp for ls in arch.layers)
-    if arch.is_uniform:
-        for key in ("sculpt_layers", "sculpt_base_model_type"):
-            if hasattr(cfg, key):
-                delattr(cfg, key)
-    else:
+    for key in ("sculpt_layers", "sculpt_base_model_type"):
+        if hasattr(cfg, key):
+            delattr(cfg, key)
+    if not (arch.is_uniform and vanilla_config_ok(cfg)):
         cfg.sculpt_layers = layer_entries(arch)
         cfg.sculpt_base_model_type = arch.model_type
     return arch
+
+
+def vanilla_config_ok(cfg) -> bool:
+    """Whether the family's own config class accepts these values (Llama's, for one, insists that
+    hidden_size is a multiple of the head count even when head_dim is explicit)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.for_model(**cfg.to_dict())
+    except Exception:  # strict validation errors
+        return False
+    return True
+
+
+def is_vanilla(cfg) -> bool:
+    """True when the config loads in plain transformers without llmsculpt's modeling file."""
+    return not getattr(cfg, "sculpt_base_model_type", None)
