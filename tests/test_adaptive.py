@@ -130,3 +130,23 @@ def test_small_iterative_steps_still_prune_attention():
     kv_iter = [ls.n_kv for ls in architecture(iterative).layers]
     assert kv_one == [2, 2, 2, 2]
     assert kv_iter == kv_one
+
+
+def test_importance_split_ranks_units_and_channels_together():
+    """With a useless K/V group and important MLP channels, the joint split removes the group."""
+    from llmsculpt.importance.groups import LayerScores
+
+    arch = architecture(tiny_model("tiny-llama"))
+    ls = arch.layers[0]
+    scores = LayerScores(heads=torch.ones(4), kv=torch.tensor([0.0, 1e6]), mlp=torch.full((96,), 1e3))
+    joint = counts_for_sparsity(arch, ls, 0.3, PruneScope(split="importance"), scores=scores)
+    assert joint.attn_units == 1
+    scores.kv = torch.tensor([1e9, 1e9])
+    joint = counts_for_sparsity(arch, ls, 0.3, PruneScope(split="importance"), scores=scores)
+    assert joint.attn_units == 0 and joint.mlp_channels > 0
+    layer_total = arch.layer_params(ls) - 2 * arch.hidden
+    assert abs(joint.removed_params - 0.3 * layer_total) <= 3 * arch.hidden
+    base = tiny_model("tiny-llama", num_hidden_layers=4)
+    model = copy.deepcopy(base)
+    run("uniform", model, ratio=0.3, split="importance")
+    assert abs(1 - count_params(model) / count_params(base) - 0.3) < 0.01

@@ -71,6 +71,7 @@ class PruneConfig:
     attention: bool = True
     mlp: bool = True
     attn_unit: str = "kv"
+    split: str = "proportional"  # attention/MLP split of a layer's sparsity: proportional | importance
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     options: dict = field(default_factory=dict)

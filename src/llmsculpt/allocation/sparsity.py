@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 import torch
 
 from llmsculpt.errors import SculptError
-from llmsculpt.importance.groups import GroupScores
+from llmsculpt.importance.groups import GroupScores, LayerScores
 from llmsculpt.plan import LayerPlan, Plan
 from llmsculpt.structures.shapes import Architecture, LayerShape
 
 MAX_SPARSITY = 0.99
+SPLITS = ("proportional", "importance")
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,16 @@ class PruneScope:
     attention: bool = True
     mlp: bool = True
     attn_unit: str = "kv"  # "kv": whole K/V groups; "head": query heads, evenly in every group
+    # how a layer's sparsity is split between attention and MLP: "proportional" (both lose the
+    # same fraction, rounded to whole units; LLM-Pruner) or "importance" (units and channels
+    # ranked together by importance per parameter, lowest removed until the layer's target)
+    split: str = "proportional"
 
     def __post_init__(self):
         if self.attn_unit not in ("kv", "head"):
             raise SculptError(f"attn_unit must be 'kv' or 'head', got {self.attn_unit!r}")
+        if self.split not in SPLITS:
+            raise SculptError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if not (self.attention or self.mlp):
             raise SculptError("nothing to prune: both attention and MLP are excluded")
 
@@ -68,6 +75,7 @@ def counts_for_sparsity(
     sparsity: float,
     scope: PruneScope,
     original: LayerShape | None = None,
+    scores: LayerScores | None = None,
 ) -> LayerBudget:
     """What layer ``ls`` must lose so that it ends ``sparsity`` smaller than ``original``.
 
@@ -77,6 +85,8 @@ def counts_for_sparsity(
     """
     sparsity = min(max(sparsity, 0.0), MAX_SPARSITY)
     orig = original or ls
+    if scope.split == "importance" and scores is not None and scope.attention and scope.mlp:
+        return _joint_budget(arch, ls, orig, sparsity, scope, scores)
     n_orig, per_unit = _attn_unit_params(arch, orig, scope.attn_unit)
     n_now, _ = _attn_unit_params(arch, ls, scope.attn_unit)
     if scope.attn_unit == "head" and not ls.is_grouped_evenly:
@@ -99,6 +109,39 @@ def counts_for_sparsity(
     return LayerBudget(units, channels, units * per_unit + channels * per_channel)
 
 
+def _unit_scores(ls: LayerShape, scores: LayerScores, unit: str) -> list[float]:
+    """Scores of removing the 1st, 2nd... attention unit (cheapest first)."""
+    if unit == "kv":
+        return sorted(scores.kv.tolist())
+    per_group = [sorted(scores.heads[ls.heads_of(j)].tolist()) for j in range(ls.n_kv)]
+    return [sum(g[r] for g in per_group) for r in range(min(len(g) for g in per_group))]
+
+
+def _joint_budget(arch, ls, orig, sparsity, scope, scores) -> LayerBudget:
+    n_now, per_unit = _attn_unit_params(arch, ls, scope.attn_unit)
+    per_channel = 3 * arch.hidden + (2 if arch.mlp_bias else 0)
+    n_orig, _ = _attn_unit_params(arch, orig, scope.attn_unit)
+    full = n_orig * per_unit + orig.mlp * per_channel
+    need = sparsity * full - (full - (n_now * per_unit + ls.mlp * per_channel))
+    if need <= 0 or (scope.attn_unit == "head" and not ls.is_grouped_evenly):
+        return LayerBudget()
+    units = _unit_scores(ls, scores, scope.attn_unit)[: max(0, n_now - 1)]
+    channels = sorted(scores.mlp.tolist())[: ls.mlp - 1]
+    # greedy by loss per parameter saved; a unit that would overshoot the target is skipped
+    items = [(v / per_unit, per_unit, "u") for v in units] + [(v / per_channel, per_channel, "c") for v in channels]
+    items.sort(key=lambda t: t[0])
+    removed, n_units, n_channels = 0, 0, 0
+    for _, size, kind in items:
+        if removed >= need:
+            break
+        if removed + size > need + per_channel:
+            continue
+        removed += size
+        n_units += kind == "u"
+        n_channels += kind == "c"
+    return LayerBudget(n_units, n_channels, removed)
+
+
 def solve_uniform_offset(
     arch: Architecture,
     remove: int,
@@ -106,6 +149,7 @@ def solve_uniform_offset(
     *,
     offsets: dict[int, float] | None = None,
     original: Architecture | None = None,
+    scores: GroupScores | None = None,
 ) -> tuple[float, dict[int, LayerBudget]]:
     """Find S so that layers with sparsity S − offsets[i] (clipped) remove ≈ ``remove`` params.
 
@@ -124,7 +168,11 @@ def solve_uniform_offset(
 
     def budgets(s: float) -> dict[int, LayerBudget]:
         return {
-            i: counts_for_sparsity(arch, arch.layers[i], s - offsets.get(i, 0.0), scope, base.layers[i]) for i in ids
+            i: counts_for_sparsity(
+                arch, arch.layers[i], s - offsets.get(i, 0.0), scope, base.layers[i],
+                scores.layers[i] if scores is not None else None,
+            )
+            for i in ids
         }
 
     def removed(s: float) -> int:

@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aggregation", default=None, choices=["sum", "mean", "max", "prod", "last"])
     p.add_argument("--layers", default=None, help="layers that may be pruned, e.g. 4-29 (default: all)")
     p.add_argument("--attn-unit", default=None, choices=["kv", "head"], help="remove whole K/V groups or query heads")
+    p.add_argument("--split", default=None, choices=["proportional", "importance"],
+                   help="split a layer's sparsity between attention and MLP proportionally, or by importance per parameter")
     p.add_argument("--no-attention", action="store_true", help="do not prune attention")
     p.add_argument("--no-mlp", action="store_true", help="do not prune MLP channels")
     p.add_argument("--calib", default=None, help="calibration text/JSONL file or dataset (default: embedded text)")
@@ -51,7 +53,7 @@ def build_config(args: argparse.Namespace):
         cfg["ratio"], cfg["target_params"] = args.ratio, args.target_params
     direct = {
         "model": args.model, "method": args.method, "metric": args.metric, "aggregation": args.aggregation,
-        "layers": args.layers, "attn_unit": args.attn_unit, "seed": args.seed,
+        "layers": args.layers, "attn_unit": args.attn_unit, "split": args.split, "seed": args.seed,
     }
     cfg.update({k: v for k, v in direct.items() if v is not None})
     data = {"calib": args.calib, "n_samples": args.n_samples, "seq_len": args.seq_len}

@@ -23,6 +23,7 @@ def scope_of(config: PruneConfig, n_layers: int) -> PruneScope:
         attention=config.attention,
         mlp=config.mlp,
         attn_unit=config.attn_unit,
+        split=config.split,
     )
 
 
@@ -43,7 +44,7 @@ def plan_step(
     """Budgets for removing ``remove`` params with the given per-layer offsets, and the plan.
 
     With ``original`` the sparsities are cumulative relative to it (iterative pruning)."""
-    s, budgets = solve_uniform_offset(arch, remove, scope, offsets=offsets, original=original)
+    s, budgets = solve_uniform_offset(arch, remove, scope, offsets=offsets, original=original, scores=scores)
     plan = select_plan(arch, scores, budgets, scope)
     per_layer = {
         i: {"attn_units": b.attn_units, "mlp_channels": b.mlp_channels, "removed": b.removed_params}
