@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--n-samples", type=int, default=8)
     ap.add_argument("--max-windows", type=int, default=60)
     ap.add_argument("--layers", default=None, help="layer range that may be pruned (default all)")
+    ap.add_argument("--splits", default="proportional,importance", help="attention/MLP split(s) to compare")
     args = ap.parse_args()
     text = DATA.read_text(encoding="utf-8")
     calib_text, held_out = text[:1_000_000], text[-300_000:]
@@ -50,18 +51,19 @@ def main() -> None:
         variants.append((f"adaptive A={a} T={args.steps}", "adaptive", {"amplitude": a, "steps": args.steps}))
     print(f"dense ppl {dense:.2f}; calibration {args.n_samples}x128 from the first 1 MB; held-out: last 300 KB, "
           f"{args.max_windows} windows; fwd+bwd floor of one calibration batch {floor:.1f}s; layers {args.layers or 'all'}")
-    print("| ratio | variant | params | ppl | prune s | s/step | s/step ÷ floor |")
-    print("|---|---|---|---|---|---|---|")
+    print("| ratio | split | variant | params | ppl | prune s | s/step | s/step ÷ floor |")
+    print("|---|---|---|---|---|---|---|---|")
     for ratio in [float(r) for r in args.ratios.split(",")]:
-        for name, method, opts in variants:
-            cfg = PruneConfig(method=method, ratio=ratio, seed=0, options=opts, layers=args.layers)
-            cfg.data.n_samples = args.n_samples
-            out = prune(copy.deepcopy(base.model), tokenizer=tok, config=cfg, calib_text=calib_text)
-            ppl = perplexity(out.model, tok, held_out, max_windows=args.max_windows).ppl
-            steps = opts.get("steps", 1)
-            sec = out.report["seconds"]
-            print(f"| {ratio:.0%} | {name} | {out.report['params_after']:,} | {ppl:.2f} | {sec:.1f} | "
-                  f"{sec / steps:.1f} | {sec / steps / floor:.2f}x |", flush=True)
+        for split in args.splits.split(","):
+            for name, method, opts in variants:
+                cfg = PruneConfig(method=method, ratio=ratio, seed=0, options=opts, layers=args.layers, split=split)
+                cfg.data.n_samples = args.n_samples
+                out = prune(copy.deepcopy(base.model), tokenizer=tok, config=cfg, calib_text=calib_text)
+                ppl = perplexity(out.model, tok, held_out, max_windows=args.max_windows).ppl
+                steps = opts.get("steps", 1)
+                sec = out.report["seconds"]
+                print(f"| {ratio:.0%} | {split} | {name} | {out.report['params_after']:,} | {ppl:.2f} | {sec:.1f} | "
+                      f"{sec / steps:.1f} | {sec / steps / floor:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
