@@ -70,11 +70,12 @@ def test_gqa_rounding_prunes_attention_only_when_sparsity_allows():
     assert abs(b.removed_params - 0.3 * layer_total) < 3 * arch.hidden * 2
 
 
-def test_amplitude_zero_single_step_is_uniform():
+@pytest.mark.parametrize("split", ["proportional", "importance"])
+def test_amplitude_zero_single_step_is_uniform(split):
     base = tiny_model("tiny-qwen2", num_hidden_layers=6)
     u, a = copy.deepcopy(base), copy.deepcopy(base)
-    ru = run("uniform", u, ratio=0.3)
-    ra = run("adaptive", a, ratio=0.3, options={"amplitude": 0.0, "steps": 1})
+    ru = run("uniform", u, ratio=0.3, split=split)
+    ra = run("adaptive", a, ratio=0.3, split=split, options={"amplitude": 0.0, "steps": 1})
     assert ru.plan.to_dict()["layers"] == ra.plan.to_dict()["layers"]
     x = calib(5)
     assert torch.equal(u(x).logits, a(x).logits)
@@ -125,7 +126,7 @@ def test_small_iterative_steps_still_prune_attention():
     base = tiny_model("tiny-mistral", num_attention_heads=6, num_key_value_heads=3, head_dim=16)
     one_shot, iterative = copy.deepcopy(base), copy.deepcopy(base)
     run("uniform", one_shot, ratio=0.35)
-    run("adaptive", iterative, ratio=0.35, options={"amplitude": 0.0, "steps": 5})
+    run("adaptive", iterative, ratio=0.35, split="proportional", options={"amplitude": 0.0, "steps": 5})
     kv_one = [ls.n_kv for ls in architecture(one_shot).layers]
     kv_iter = [ls.n_kv for ls in architecture(iterative).layers]
     assert kv_one == [2, 2, 2, 2]

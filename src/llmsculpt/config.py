@@ -71,7 +71,9 @@ class PruneConfig:
     attention: bool = True
     mlp: bool = True
     attn_unit: str = "kv"
-    split: str = "proportional"  # attention/MLP split of a layer's sparsity: proportional | importance
+    # attention/MLP split of a layer's sparsity: proportional | importance; None = the method's
+    # default (uniform and its baselines: proportional, as LLM-Pruner; adaptive: importance)
+    split: str | None = None
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     options: dict = field(default_factory=dict)

@@ -17,13 +17,13 @@ from llmsculpt.plan import Plan
 from llmsculpt.structures.shapes import Architecture, architecture
 
 
-def scope_of(config: PruneConfig, n_layers: int) -> PruneScope:
+def scope_of(config: PruneConfig, n_layers: int, *, default_split: str = "proportional") -> PruneScope:
     return PruneScope(
         layers=parse_layers(config.layers, n_layers),
         attention=config.attention,
         mlp=config.mlp,
         attn_unit=config.attn_unit,
-        split=config.split,
+        split=config.split or default_split,
     )
 
 
