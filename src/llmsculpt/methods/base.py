@@ -36,7 +36,12 @@ class PruneResult:
 METHODS: Registry[Callable[[PruneContext], PruneResult]] = Registry("pruning method")
 
 # modules that register methods; imported on first lookup so `import llmsculpt` stays lean
-_METHOD_MODULES = ("llmsculpt.methods.uniform", "llmsculpt.methods.adaptive")
+_METHOD_MODULES = (
+    "llmsculpt.methods.uniform",
+    "llmsculpt.methods.adaptive",
+    "llmsculpt.methods.flap",
+    "llmsculpt.methods.layer_removal",
+)
 
 
 def get_method(name: str) -> Callable[[PruneContext], PruneResult]:

@@ -103,10 +103,27 @@ def apply_layer_shapes(model: nn.Module, layers: list[dict]) -> None:
             reshape_mlp(layer.mlp, shape["intermediate_size"])
 
 
+def add_output_biases(model: nn.Module, *, o_proj: bool, down_proj: bool) -> None:
+    """Give o_proj / down_proj a (zero) bias in every layer, keeping their weights."""
+    for layer in model.model.layers:
+        for owner, name, wanted in ((layer.self_attn, "o_proj", o_proj), (layer.mlp, "down_proj", down_proj)):
+            old = getattr(owner, name)
+            if wanted and old.bias is None:
+                w = old.weight
+                new = nn.Linear(old.in_features, old.out_features, bias=True, device=w.device, dtype=w.dtype)
+                new.weight = old.weight
+                with torch.no_grad():
+                    new.bias.zero_()
+                setattr(owner, name, new)
+
+
 def _mixin_init(self, config) -> None:
     layers = getattr(config, "sculpt_layers", None)
     if layers:
         apply_layer_shapes(self, layers)
+    bias = getattr(config, "sculpt_output_bias", None)
+    if bias:
+        add_output_biases(self, o_proj=bool(bias.get("o_proj")), down_proj=bool(bias.get("down_proj")))
 
 
 class SculptLlamaConfig(LlamaConfig):

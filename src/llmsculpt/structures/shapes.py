@@ -46,7 +46,8 @@ class Architecture:
     tied: bool
     qkv_bias: bool
     o_bias: bool = False
-    mlp_bias: bool = False
+    mlp_bias: bool = False  # gate/up biases
+    down_bias: bool = False
     head_norms: bool = False
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -64,7 +65,7 @@ class Architecture:
             attn += h
         if self.head_norms:
             attn += 2 * d
-        mlp = 3 * h * ls.mlp + (2 * ls.mlp + h if self.mlp_bias else 0)
+        mlp = 3 * h * ls.mlp + (2 * ls.mlp if self.mlp_bias else 0) + (h if self.down_bias else 0)
         return attn + mlp + 2 * h  # two RMSNorms
 
     def param_count(self) -> int:
@@ -122,6 +123,7 @@ def architecture(model: nn.Module) -> Architecture:
         qkv_bias=q.bias is not None,
         o_bias=o.bias is not None,
         mlp_bias=gate.bias is not None,
+        down_bias=spec.gate_up_down(first)[2].bias is not None,
         head_norms=bool(spec.head_norms),
     )
 

@@ -33,10 +33,15 @@ def sync_config(model: nn.Module) -> Architecture:
     cfg.num_attention_heads = max(ls.n_heads for ls in arch.layers)
     cfg.num_key_value_heads = max(ls.n_kv for ls in arch.layers)
     cfg.intermediate_size = max(ls.mlp for ls in arch.layers)
-    for key in ("sculpt_layers", "sculpt_base_model_type"):
+    for key in ("sculpt_layers", "sculpt_base_model_type", "sculpt_output_bias"):
         if hasattr(cfg, key):
             delattr(cfg, key)
-    if not (arch.is_uniform and vanilla_config_ok(cfg)):
+    # biases on o_proj/down_proj alone (FLAP's compensation) have no vanilla config flag: the
+    # family's attention_bias / mlp_bias would add them to q/k/v or gate/up as well
+    odd_bias = arch.o_bias != arch.qkv_bias or arch.down_bias != arch.mlp_bias
+    if odd_bias:
+        cfg.sculpt_output_bias = {"o_proj": arch.o_bias, "down_proj": arch.down_bias}
+    if odd_bias or not (arch.is_uniform and vanilla_config_ok(cfg)):
         cfg.sculpt_layers = layer_entries(arch)
         cfg.sculpt_base_model_type = arch.model_type
     return arch

@@ -1,0 +1,139 @@
+"""FLAP (Fluctuation-based Adaptive Structured Pruning), as a baseline.
+
+1. One forward pass over the calibration data collects mean and variance of every o_proj and
+   down_proj input channel.
+2. Fluctuation scores: per attention unit (K/V group, or query head with ``attn_unit=head``) the
+   sum over its o_proj input channels; per MLP channel its down_proj input channel.
+3. Scores are standardised per structure type over all prunable layers, and units/channels are
+   removed globally, lowest first, until the parameter target is met (adaptive across layers and
+   modules; at least one unit/channel stays in every layer).
+4. Bias compensation: the removed channels' mean contribution W[:, removed] · E[x_removed] becomes a
+   bias of o_proj / down_proj, so each layer's output is unchanged in expectation. Llama-family
+   configs cannot express "bias on o_proj/down_proj only", so the model is saved with llmsculpt's
+   config (``sculpt_output_bias``), loading via ``llmsculpt.load`` or trust_remote_code; the
+   biases cost 2 × hidden parameters per layer (counted in the report).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmsculpt.importance.collect import collect_stats
+from llmsculpt.importance.fluctuation import fluctuation, output_input_moments, standardise
+from llmsculpt.methods.base import METHODS, PruneContext, PruneResult
+from llmsculpt.methods.oneshot import scope_of
+from llmsculpt.models.sculpt_modeling import add_output_biases
+from llmsculpt.models.spec import spec_for
+from llmsculpt.plan import Plan
+from llmsculpt.structures.shapes import architecture
+from llmsculpt.surgery import apply_plan, sync_config
+
+
+@METHODS.register("flap")
+def flap(ctx: PruneContext) -> PruneResult:
+    model, cfg = ctx.model, ctx.config
+    spec = spec_for(model)
+    arch = architecture(model)
+    scope = scope_of(cfg, len(arch.layers))
+    ids = scope.layer_ids(len(arch.layers))
+    h, hd = arch.hidden, arch.head_dim
+    with output_input_moments(model) as moments:
+        collect_stats(model, ctx.calibration(cfg.seed), {"forward"})
+    layers = spec.decoder_layers(model)
+    candidates = []  # (standardised score, layer, kind, index, params)
+    attn_scores, mlp_scores = {}, {}
+    for i in ids:
+        _, _, _, o = spec.qkvo(layers[i])
+        _, _, down = spec.gate_up_down(layers[i])
+        ls = arch.layers[i]
+        per_head = fluctuation(o.weight, moments.attn[i]).view(ls.n_heads, hd).sum(1)
+        if scope.attn_unit == "kv":
+            attn_scores[i] = torch.zeros(ls.n_kv).index_add_(0, torch.tensor(ls.kv_map), per_head)
+        else:
+            attn_scores[i] = per_head
+        mlp_scores[i] = fluctuation(down.weight, moments.mlp[i])
+    attn_all = standardise(torch.cat([attn_scores[i] for i in ids])) if scope.attention else None
+    mlp_all = standardise(torch.cat([mlp_scores[i] for i in ids])) if scope.mlp else None
+    a_off = m_off = 0
+    for i in ids:
+        ls = arch.layers[i]
+        rep = ls.n_heads // ls.n_kv
+        unit_params = (2 * rep + 2) * h * hd if scope.attn_unit == "kv" else 2 * h * hd
+        if attn_all is not None:
+            for j, v in enumerate(attn_all[a_off : a_off + len(attn_scores[i])].tolist()):
+                candidates.append((v, i, "attn", j, unit_params))
+            a_off += len(attn_scores[i])
+        if mlp_all is not None:
+            for j, v in enumerate(mlp_all[m_off : m_off + ls.mlp].tolist()):
+                candidates.append((v, i, "mlp", j, 3 * h))
+            m_off += ls.mlp
+    remove = cfg.removal_target(arch.param_count())
+    bias_cost = len(arch.layers) * 2 * h  # compensation biases added below
+    drop = _choose(candidates, remove + bias_cost, arch, scope.attn_unit)
+    plan = _plan_from(arch, drop, scope.attn_unit)
+    comp = _compensation(model, spec, arch, plan, moments, hd)
+    apply_plan(model, plan)
+    add_output_biases(model, o_proj=True, down_proj=True)
+    with torch.no_grad():
+        for i, layer in enumerate(spec.decoder_layers(model)):
+            _, _, _, o = spec.qkvo(layer)
+            _, _, down = spec.gate_up_down(layer)
+            o.bias += comp[i][0].to(o.bias)
+            down.bias += comp[i][1].to(down.bias)
+    sync_config(model)
+    return PruneResult(plan=plan, history={"removed_units": {k: len(v) for k, v in drop.items()}, "bias_params": bias_cost})
+
+
+def _choose(candidates, remove: int, arch, unit: str) -> dict[tuple[int, str], list[int]]:
+    """Lowest standardised score first until ``remove`` params; never the last unit/channel."""
+    drop: dict[tuple[int, str], list[int]] = {}
+    removed = 0
+    for score, i, kind, j, params in sorted(candidates, key=lambda c: c[0]):
+        if removed >= remove:
+            break
+        ls = arch.layers[i]
+        limit = (ls.n_kv if unit == "kv" else ls.n_heads) if kind == "attn" else ls.mlp
+        if len(drop.get((i, kind), [])) >= limit - 1:
+            continue
+        drop.setdefault((i, kind), []).append(j)
+        removed += params
+    return drop
+
+
+def _plan_from(arch, drop, unit: str) -> Plan:
+    plan = Plan.keep_all(arch)
+    for (i, kind), gone in drop.items():
+        ls, lp = arch.layers[i], plan.layers[i]
+        if kind == "mlp":
+            lp.mlp = [c for c in range(ls.mlp) if c not in set(gone)]
+        elif unit == "kv":
+            lp.kv_heads = [j for j in range(ls.n_kv) if j not in set(gone)]
+            lp.heads = [q for q in range(ls.n_heads) if ls.kv_map[q] not in set(gone)]
+        else:  # query heads: a K/V head stays while it serves any kept head (cluster attention)
+            lp.heads = [q for q in range(ls.n_heads) if q not in set(gone)]
+            lp.kv_heads = sorted({ls.kv_map[q] for q in lp.heads})
+    return plan
+
+
+def _compensation(model, spec, arch, plan: Plan, moments, hd: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, W[:, removed] @ E[x_removed] for o_proj and down_proj, from the dense weights."""
+    out = []
+    for i, (layer, lp) in enumerate(zip(spec.decoder_layers(model), plan.layers)):
+        _, _, _, o = spec.qkvo(layer)
+        _, _, down = spec.gate_up_down(layer)
+        ls = arch.layers[i]
+        kept_heads = set(lp.heads) if lp.heads is not None else set(range(ls.n_heads))
+        cols_o = [q * hd + d for q in range(ls.n_heads) if q not in kept_heads for d in range(hd)]
+        kept_mlp = set(lp.mlp) if lp.mlp is not None else set(range(ls.mlp))
+        cols_d = [c for c in range(ls.mlp) if c not in kept_mlp]
+        out.append((_mean_contribution(o.weight, moments.attn[i].mean, cols_o),
+                    _mean_contribution(down.weight, moments.mlp[i].mean, cols_d)))
+    return out
+
+
+def _mean_contribution(weight: torch.Tensor, mean: torch.Tensor, cols: list[int]) -> torch.Tensor:
+    if not cols:
+        return torch.zeros(weight.shape[0])
+    idx = torch.tensor(cols)
+    with torch.no_grad():
+        return (weight.detach().float().cpu()[:, idx] @ mean.float()[idx]).cpu()
