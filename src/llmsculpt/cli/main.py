@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("llmsculpt.cli.prune", "prune a model to a target size and save it"),
     "eval": ("llmsculpt.cli.evaluate", "perplexity (and more) of a model on a text"),
     "inspect": ("llmsculpt.cli.inspect", "per-layer table of a saved model"),
+    "accel": ("llmsculpt.cli.accel", "Adapt-Accel: interleave pruning with recovery training"),
     "bench-speed": ("llmsculpt.cli.bench_speed", "prefill/decode speed, memory and FLOPs vs a baseline"),
 }
 

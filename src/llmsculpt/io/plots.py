@@ -68,3 +68,21 @@ def plot_report(directory: Path, arch: Architecture, report: dict) -> list[Path]
     if steps and "importance" in steps[0]:
         paths.append(plot_layer_importance(directory, steps))
     return paths
+
+
+def plot_training(directory: Path, log: list[dict]) -> Path:
+    """Loss and parameter count over training steps (Adapt-Accel, pruning-aware training)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    steps = [e["step"] for e in log]
+    ax.plot(steps, [e["loss"] for e in log], color="#3b6ea8", label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [e["params"] / 1e6 for e in log], color="#c0504d", label="params (M)")
+    ax2.set_ylabel("parameters (M)")
+    fig.tight_layout()
+    path = Path(directory) / "training.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,195 @@
+"""Adapt-Accel: prune a little, train a little, repeat — resumable.
+
+N phases; phase i prunes to original·P^i parameters (P = (target/original)^(1/N)) with
+Adapt-Pruner (a few steps), then trains on its share of the data (linear growth by default, drawn
+without replacement from one seeded shuffle). One learning-rate schedule (WSD by default) spans all
+phases. After every pruning the AdamW optimiser is re-created (shapes change; see
+train/trainer.py). Checkpoints (model, optimiser, RNG-free state: the data order is a function of
+the seed) are written atomically after every phase and every ``checkpoint_every`` steps to
+``<out>.ckpt/``; ``resume=True`` continues from there with the same data order and schedule.
+LoRA mode merges the adapters before each pruning and checkpoints at phase ends only.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from llmsculpt.config import PruneConfig
+from llmsculpt.errors import SculptError
+from llmsculpt.methods.base import PruneContext, get_method
+from llmsculpt.plan import Plan
+from llmsculpt.structures.shapes import architecture, count_params
+from llmsculpt.train.data import Example, collate
+from llmsculpt.train.phases import data_shares, phase_targets
+from llmsculpt.train.schedule import learning_rate
+from llmsculpt.train.trainer import add_lora, make_optimizer, merge_lora, train_step
+
+
+@dataclass
+class AccelConfig:
+    target_params: int
+    phases: int = 4
+    data_allocation: str = "linear"
+    batch_size: int = 4
+    lr: float = 2e-5
+    min_lr: float = 2e-6
+    schedule: str = "wsd"
+    mode: str = "full"  # full | lora
+    distill: bool = False
+    temperature: float = 2.0
+    distill_weight: float = 0.5
+    prune_method: str = "adaptive"
+    prune_steps: int = 2
+    calib_samples: int = 8
+    calib_len: int = 128
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in ("full", "lora"):
+            raise SculptError(f"mode must be full or lora, got {self.mode!r}")
+        if self.batch_size < 1 or self.phases < 1:
+            raise SculptError("batch size and phases must be >= 1")
+
+
+class Interrupted(Exception):
+    """Raised by ``stop_after`` to simulate a killed run in tests."""
+
+
+def _calibration(examples: list[Example], n: int, seq_len: int, seed: int) -> torch.Tensor:
+    stream = [t for e in examples for t in e.input_ids]
+    if len(stream) < seq_len + 1:
+        raise SculptError(f"the training data has {len(stream)} tokens, too few for calibration windows of {seq_len}")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(stream) - seq_len, (n,), generator=g).tolist()
+    return torch.tensor([stream[s : s + seq_len] for s in starts], dtype=torch.long)
+
+
+def _base_params(model) -> int:
+    """Parameters of the model itself (LoRA adapters, which are merged away, not counted)."""
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def _save_checkpoint(ckpt: Path, model, tokenizer, optimizer, state: dict) -> None:
+    from llmsculpt.io.save import write_model_files
+
+    ckpt.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt / "last.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write_model_files(model, tokenizer, tmp)
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    old = ckpt / "last.old"
+    if (ckpt / "last").exists():
+        os.replace(ckpt / "last", old)
+    os.replace(tmp, ckpt / "last")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_accel(
+    model,
+    tokenizer,
+    examples: list[Example],
+    cfg: AccelConfig,
+    *,
+    checkpoint_dir: str | os.PathLike,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> tuple[torch.nn.Module, Plan, list[dict]]:
+    """Interleave pruning and training; returns the model, the composed plan and the log."""
+    from tqdm.auto import tqdm
+
+    ckpt = Path(checkpoint_dir)
+    original = count_params(model)
+    arch0 = architecture(model)
+    targets = phase_targets(original, cfg.target_params, cfg.phases)
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    shares = data_shares(len(examples), cfg.phases, cfg.data_allocation)
+    steps = [math.ceil(s / cfg.batch_size) for s in shares]
+    total = sum(steps)
+    if total == 0:
+        raise SculptError("no training steps: the data is empty")
+    teacher = copy.deepcopy(model).eval() if cfg.distill else None
+    state = {"phase": 0, "pruned": False, "step_in_phase": 0, "global_step": 0, "plan": Plan.keep_all(arch0).to_dict(),
+             "config": asdict(cfg), "original_params": original}
+    log: list[dict] = []
+    optimizer = None
+    if resume:
+        last = ckpt / "last"
+        if not (last / "state.json").is_file():
+            raise SculptError(f"nothing to resume: no checkpoint in {ckpt}")
+        from llmsculpt.models.loading import load
+
+        state = json.loads((last / "state.json").read_text())
+        if state["config"] != asdict(cfg):
+            raise SculptError("the checkpoint was made with different settings; resume with the same command")
+        model = load(last, device=next(model.parameters()).device).model
+        if (last / "optimizer.pt").is_file():
+            optimizer = make_optimizer(model, cfg.lr)
+            optimizer.load_state_dict(torch.load(last / "optimizer.pt"))
+        log_path = ckpt / "log.jsonl"
+        if log_path.is_file():
+            log = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+            log = [e for e in log if e["step"] < state["global_step"]]
+    plan = Plan.from_dict(state["plan"])
+    ckpt.mkdir(parents=True, exist_ok=True)
+    log_file = open(ckpt / "log.jsonl", "w")
+    for entry in log:
+        log_file.write(json.dumps(entry) + "\n")
+    bar = tqdm(total=total, initial=state["global_step"], desc="adapt-accel", disable=not progress)
+    start = 0
+    try:
+        for phase in range(cfg.phases):
+            data = [examples[i] for i in order[start : start + shares[phase]]]
+            start += shares[phase]
+            if phase < state["phase"]:
+                continue
+            if not state["pruned"]:
+                model = merge_lora(model)
+                pcfg = PruneConfig(method=cfg.prune_method, target_params=targets[phase], seed=cfg.seed + phase,
+                                   options={"steps": cfg.prune_steps} if cfg.prune_method == "adaptive" else {})
+                calib = _calibration(data or examples, cfg.calib_samples, cfg.calib_len, cfg.seed + phase)
+                if count_params(model) > targets[phase]:
+                    result = get_method(pcfg.method)(PruneContext(model, tokenizer, pcfg, lambda s: calib, progress=False))
+                    plan = plan.compose(result.plan)
+                if cfg.mode == "lora":
+                    model = add_lora(model)
+                optimizer = make_optimizer(model, cfg.lr)
+                state.update(pruned=True, step_in_phase=0, plan=plan.to_dict())
+            for k in range(state["step_in_phase"], steps[phase]):
+                batch = collate(data[k * cfg.batch_size : (k + 1) * cfg.batch_size], tokenizer.pad_token_id or 0)
+                g = state["global_step"]
+                lr = learning_rate(cfg.schedule, g, total, lr=cfg.lr, min_lr=cfg.min_lr)
+                loss = train_step(model, batch, optimizer, lr, teacher=teacher, temperature=cfg.temperature,
+                                  distill_weight=cfg.distill_weight)
+                entry = {"step": g, "phase": phase, "loss": loss, "lr": lr, "params": _base_params(model)}
+                log.append(entry)
+                log_file.write(json.dumps(entry) + "\n")
+                log_file.flush()
+                state.update(step_in_phase=k + 1, global_step=g + 1)
+                bar.update(1)
+                bar.set_postfix(phase=phase + 1, loss=f"{loss:.3f}", params=f"{entry['params'] / 1e6:.1f}M")
+                if stop_after is not None and state["global_step"] >= stop_after:
+                    raise Interrupted(f"stopped after {stop_after} steps")
+                if cfg.mode == "full" and cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
+                    _save_checkpoint(ckpt, model, tokenizer, optimizer, state)
+            model = merge_lora(model)
+            if cfg.mode == "lora":
+                optimizer = None
+            state.update(phase=phase + 1, pruned=False, step_in_phase=0)
+            _save_checkpoint(ckpt, model, tokenizer, optimizer if cfg.mode == "full" else None, state)
+    finally:
+        bar.close()
+        log_file.close()
+    return model, plan, log

@@ -1,0 +1,1 @@
+"""Recovery training: data formats, schedules (WSD, cosine), phase plans and the training loop."""

@@ -1,0 +1,66 @@
+"""One optimisation step (cross-entropy, optionally distilled from a teacher), and LoRA helpers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmsculpt.errors import require
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters. Re-created after every pruning: parameters change shape,
+    and the moments of removed rows/columns carry no information worth keeping."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+
+
+def distill_loss(student_logits, teacher_logits, labels, temperature: float) -> torch.Tensor:
+    """KL(teacher ‖ student) on softened logits at the positions that carry a label, × T²."""
+    mask = labels[:, 1:] != -100
+    s = student_logits[:, :-1][mask].float() / temperature
+    t = teacher_logits[:, :-1][mask].float() / temperature
+    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean") * temperature**2
+
+
+def train_step(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    lr: float,
+    *,
+    teacher: nn.Module | None = None,
+    temperature: float = 2.0,
+    distill_weight: float = 0.5,
+    max_grad_norm: float = 1.0,
+) -> float:
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    out = model(**batch, use_cache=False)
+    loss = out.loss
+    if teacher is not None:
+        with torch.no_grad():
+            t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        loss = (1 - distill_weight) * loss + distill_weight * distill_loss(out.logits, t_logits, batch["labels"], temperature)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    optimizer.step()
+    model.eval()
+    return float(loss.item())
+
+
+def add_lora(model: nn.Module, *, r: int = 8, alpha: int = 16, dropout: float = 0.0) -> nn.Module:
+    peft = require("peft", extra="lora", feature="LoRA training")
+    cfg = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    return peft.get_peft_model(model, cfg)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold LoRA weights back into the base model (before the next pruning, and before saving)."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model

@@ -1,0 +1,90 @@
+"""Adapt-Accel: schedules, phases, data formats, and an interrupted run that resumes exactly."""
+
+import json
+
+import pytest
+import torch
+
+from llmsculpt.errors import SculptError
+from llmsculpt.methods.adapt_accel import AccelConfig, Interrupted, run_accel
+from llmsculpt.structures.shapes import count_params
+from llmsculpt.testing import tiny_model, tiny_tokenizer
+from llmsculpt.train.data import IGNORE, load_examples
+from llmsculpt.train.phases import data_shares, phase_targets
+from llmsculpt.train.schedule import cosine, wsd
+
+TEXT = "Pruning removes heads and channels; training recovers what was lost. " * 30
+
+
+def test_wsd_boundaries():
+    total = 100
+    lrs = [wsd(s, total, lr=1.0, min_lr=0.1) for s in range(total)]
+    assert lrs[0] == pytest.approx(0.2)  # warm-up: 5 steps
+    assert lrs[4] == pytest.approx(1.0) and lrs[50] == 1.0 and lrs[89] == 1.0
+    assert lrs[-1] == pytest.approx(0.1)  # decayed to min_lr over the last 10 steps
+    assert all(a >= b for a, b in zip(lrs[89:], lrs[90:]))
+    assert cosine(99, 100, lr=1.0, min_lr=0.1) == pytest.approx(0.1)
+
+
+def test_phase_targets_and_linear_shares():
+    targets = phase_targets(1000, 500, 4)
+    assert targets[-1] == 500 and all(a > b for a, b in zip([1000] + targets, targets))
+    ratios = [b / a for a, b in zip([1000] + targets[:-1], targets)]
+    assert max(ratios) - min(ratios) < 0.01  # the same keep ratio every phase
+    shares = data_shares(100, 4, "linear")
+    assert sum(shares) == 100 and shares == sorted(shares) and shares[0] == 10
+    assert sum(data_shares(101, 3, "constant")) == 101
+
+
+def test_data_formats_mask_prompts(tmp_path):
+    tok = tiny_tokenizer()
+    alpaca = tmp_path / "a.jsonl"
+    alpaca.write_text(json.dumps({"instruction": "Say hi", "input": "", "output": "hi"}) + "\n")
+    (ex,), bad = load_examples(alpaca, tok, fmt="alpaca", seq_len=256)
+    answer = [t for t in ex.labels if t != IGNORE]
+    assert bad == 0 and ex.labels[0] == IGNORE and answer == ex.input_ids[-len(answer):] and len(answer) == 3
+    bad_file = tmp_path / "b.jsonl"
+    bad_file.write_text(json.dumps({"instruction": "x", "output": "y"}) + "\n{oops\n")
+    with pytest.raises(SculptError, match="b.jsonl:2"):
+        load_examples(bad_file, tok, fmt="alpaca")
+    examples, bad = load_examples(bad_file, tok, fmt="alpaca", skip_bad=True)
+    assert len(examples) == 1 and bad == 1
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT)
+    blocks, _ = load_examples(text, tok, fmt="text", seq_len=64)
+    assert all(len(b.input_ids) == 64 and b.labels == b.input_ids for b in blocks)
+
+
+def _run(tmp_path, name, **kw):
+    tok = tiny_tokenizer()
+    (tmp_path / "t.txt").write_text(TEXT)
+    examples, _ = load_examples(tmp_path / "t.txt", tok, fmt="text", seq_len=32)
+    model = tiny_model("tiny-llama")
+    cfg = AccelConfig(target_params=100_000, phases=2, batch_size=4, lr=1e-3, min_lr=1e-4, checkpoint_every=3,
+                      calib_samples=4, calib_len=32, prune_steps=1)
+    return run_accel(model, tok, examples, cfg, checkpoint_dir=tmp_path / name, progress=False, **kw)
+
+
+def test_two_phase_run_reaches_target_and_logs(tmp_path):
+    model, plan, log = _run(tmp_path, "a")
+    assert count_params(model) <= 100_000
+    assert [e["step"] for e in log] == list(range(len(log)))
+    assert log[-1]["params"] == count_params(model)
+    assert {e["phase"] for e in log} == {0, 1}
+    assert (tmp_path / "a" / "last" / "state.json").is_file()
+    assert len([line for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines() if line]) == len(log)
+
+
+def test_kill_and_resume_matches_uninterrupted(tmp_path):
+    full, _, full_log = _run(tmp_path, "full")
+    with pytest.raises(Interrupted):
+        _run(tmp_path, "cut", stop_after=len(full_log) - 2)  # dies mid-phase, after a checkpoint
+    resumed, _, log = _run(tmp_path, "cut", resume=True)
+    assert [e["step"] for e in log] == [e["step"] for e in full_log]
+    for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(SculptError, match="nothing to resume"):
+        _run(tmp_path, "none", resume=True)
