@@ -88,3 +88,21 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(SculptError, match="nothing to resume"):
         _run(tmp_path, "none", resume=True)
+
+
+def test_accel_cli_bad_inputs_and_end_to_end(tmp_path, capsys):
+    from llmsculpt.cli.main import main
+
+    data = tmp_path / "t.txt"
+    data.write_text(TEXT)
+    out = tmp_path / "out"
+    assert main(["accel", "--model", "tiny-llama", "--target-params", "10", "--data", str(data), "--out", str(out)]) == 2
+    assert "below the smallest model" in capsys.readouterr().err and not out.exists()
+    assert main(["accel", "--model", "tiny-llama", "--ratio", "0.2", "--data", str(tmp_path / "no.txt"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    code = main(["accel", "--model", "tiny-llama", "--ratio", "0.2", "--data", str(data), "--seq-len", "32",
+                 "--phases", "2", "--prune-steps", "1", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "sculpt_report.json").read_text())
+    assert report["params_after"] <= 0.8 * report["params_before"] + 1
+    assert (out / "training.png").exists() and (tmp_path / "out.ckpt" / "log.jsonl").exists()

@@ -113,6 +113,12 @@ def run_accel(
     ckpt = Path(checkpoint_dir)
     original = count_params(model)
     arch0 = architecture(model)
+    floor = arch0.min_param_count()
+    if cfg.target_params <= floor:
+        raise SculptError(
+            f"target {cfg.target_params:,} parameters is below the smallest model structured pruning can reach "
+            f"({floor:,}: embeddings plus one head and one MLP channel per layer)"
+        )
     targets = phase_targets(original, cfg.target_params, cfg.phases)
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     shares = data_shares(len(examples), cfg.phases, cfg.data_allocation)

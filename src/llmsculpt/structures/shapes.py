@@ -73,6 +73,11 @@ class Architecture:
         head = 0 if self.tied else self.vocab * self.hidden
         return embed + head + self.hidden + sum(self.layer_params(ls) for ls in self.layers)
 
+    def min_param_count(self) -> int:
+        """The smallest model head/channel pruning can reach: one head, one K/V head, one MLP channel per layer."""
+        tiny = LayerShape(n_heads=1, n_kv=1, mlp=1, kv_map=(0,))
+        return self.param_count() - sum(self.layer_params(ls) - self.layer_params(tiny) for ls in self.layers)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["layers"] = [
