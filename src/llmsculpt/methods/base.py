@@ -41,6 +41,7 @@ _METHOD_MODULES = (
     "llmsculpt.methods.adaptive",
     "llmsculpt.methods.flap",
     "llmsculpt.methods.layer_removal",
+    "llmsculpt.methods.sample_aware",
 )
 
 
