@@ -106,3 +106,23 @@ def test_accel_cli_bad_inputs_and_end_to_end(tmp_path, capsys):
     report = json.loads((out / "sculpt_report.json").read_text())
     assert report["params_after"] <= 0.8 * report["params_before"] + 1
     assert (out / "training.png").exists() and (tmp_path / "out.ckpt" / "log.jsonl").exists()
+
+
+def test_finetune_lora_cli_lowers_loss_and_keeps_shape(tmp_path, capsys):
+    from llmsculpt.cli.main import main
+    from llmsculpt.models.loading import load
+
+    data = tmp_path / "a.jsonl"
+    data.write_text("\n".join(json.dumps({"instruction": f"Repeat {i % 3}", "output": "ok ok ok"}) for i in range(12)))
+    pruned = tmp_path / "pruned"
+    assert main(["prune", "--model", "tiny-llama", "--ratio", "0.2", "--calib", str(data), "--n-samples", "2",
+                 "--seq-len", "16", "--no-eval", "--out", str(pruned)]) == 0
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(pruned), "--data", str(data), "--epochs", "4", "--lr", "5e-3",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "sculpt_report.json").read_text())
+    log = report["finetune"]["log"]
+    assert log[-1]["loss"] < log[0]["loss"]
+    before, after = load(pruned, device="cpu").model, load(out, device="cpu").model
+    assert count_params(after) == count_params(before)  # LoRA merged away
+    assert not any("lora" in n for n, _ in after.named_parameters())
