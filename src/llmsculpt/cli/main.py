@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("llmsculpt.cli.evaluate", "perplexity (and more) of a model on a text"),
     "inspect": ("llmsculpt.cli.inspect", "per-layer table of a saved model"),
     "accel": ("llmsculpt.cli.accel", "Adapt-Accel: interleave pruning with recovery training"),
+    "pretrain-prune": ("llmsculpt.cli.pretrain_prune", "EfficientLLM: pruning-aware training to a parameter budget"),
     "finetune": ("llmsculpt.cli.finetune", "recovery fine-tuning (LoRA or full) of a pruned model"),
     "search": ("llmsculpt.cli.search", "AdaPruner: Bayesian search over calibration samples and importance"),
     "bench-speed": ("llmsculpt.cli.bench_speed", "prefill/decode speed, memory and FLOPs vs a baseline"),

@@ -1,0 +1,1 @@
+"""Pruning-aware (continued) pretraining (EfficientLLM): saliency of mini-groups, OBS updates, loop."""

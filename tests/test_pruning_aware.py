@@ -1,0 +1,124 @@
+"""EfficientLLM pruning-aware training: mini-group plans are exact, stem pruning keeps layers
+equal, OBS lowers reconstruction error and the loss jump, cluster attention saves and reloads."""
+
+import copy
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from llmsculpt.io.save import save_pruned
+from llmsculpt.models.loading import load
+from llmsculpt.pretrain.loop import PretrainPruneConfig, apply_obs, input_hessians, plan_for, pretrain_prune
+from llmsculpt.pretrain.obs import obs_remove_columns
+from llmsculpt.structures.shapes import architecture, count_params
+from llmsculpt.surgery import apply_plan
+from llmsculpt.testing import tiny_model, tiny_tokenizer
+from llmsculpt.testing.masking import mask_plan
+from llmsculpt.train.data import Example
+
+X = torch.randint(4, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def examples(n=24, seq=32):
+    g = torch.Generator().manual_seed(1)
+    return [Example(t.tolist(), t.tolist()) for t in torch.randint(4, 128, (n, seq), generator=g)]
+
+
+@pytest.mark.parametrize(
+    "kind, units",
+    [("attention", [(0, 1), (1, 0), (1, 1), (2, 3)]), ("mlp", [(0, 3), (3, 90), (3, 1)]), ("stem", [(5,), (17,), (63,)])],
+)
+def test_each_mini_group_removes_exactly_its_part(kind, units):
+    model = tiny_model("tiny-qwen3", rms_norm_eps=1e-12)
+    arch = architecture(model)
+    plan = plan_for(arch, kind, units)
+    ref = mask_plan(copy.deepcopy(model), plan)(X).logits
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    assert torch.allclose(pruned(X).logits, ref, atol=1e-5)
+    after = architecture(pruned)
+    if kind == "attention":  # layer 1 lost both heads of K/V head 0; layer 0 keeps K/V head 0 for head 0
+        assert [(ls.n_heads, ls.n_kv) for ls in after.layers] == [(3, 2), (2, 1), (3, 2), (4, 2)]
+        assert after.layers[0].kv_map == (0, 1, 1)
+    if kind == "stem":
+        assert after.hidden == 61
+        for layer in pruned.model.layers:
+            assert layer.self_attn.q_proj.in_features == layer.mlp.down_proj.out_features == 61
+
+
+def test_obs_lowers_reconstruction_error_on_a_toy_layer():
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(16, 16, generator=g)
+    x = mix @ torch.randn(16, 400, generator=g)  # correlated inputs: OBS has something to exploit
+    w = torch.randn(8, 16, generator=g)
+    cols = [1, 5, 9]
+    plain = w.clone()
+    plain[:, cols] = 0
+    obs = obs_remove_columns(w, x @ x.T, cols, damp=1e-6)
+    assert torch.all(obs[:, cols] == 0)
+    err_plain = (w @ x - plain @ x).norm()
+    err_obs = (w @ x - obs @ x).norm()
+    assert err_obs < 0.5 * err_plain
+
+
+def test_obs_reduces_the_loss_jump_of_a_pruning_step():
+    model = tiny_model("tiny-llama")
+    arch = architecture(model)
+    batch = torch.randint(4, 128, (8, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), input_hessians(model, True) as hess:
+        base = model(input_ids=batch, labels=batch).loss.item()
+    units = [(i, c) for i in range(4) for c in range(0, 96, 3)]
+    plain = apply_plan(copy.deepcopy(model), plan_for(arch, "mlp", units))
+    obs = copy.deepcopy(model)
+    apply_obs(obs, arch, "mlp", units, hess)
+    apply_plan(obs, plan_for(arch, "mlp", units))
+    with torch.no_grad():
+        jump_plain = model_loss(plain, batch) - base
+        jump_obs = model_loss(obs, batch) - base
+    assert jump_obs < jump_plain
+
+
+def model_loss(model, batch):
+    return model(input_ids=batch, labels=batch).loss.item()
+
+
+def test_cluster_attention_saves_reloads_and_generates(tmp_path):
+    model = tiny_model("tiny-llama")
+    model, plan, log = pretrain_prune(model, tiny_tokenizer(), examples(), PretrainPruneConfig(
+        target_params=125_000, fixed_order=("attention",), ratio="1:0", quantum=0.03), progress=False)
+    arch = architecture(model)
+    assert {e["type"] for e in log} == {"attention"} and not arch.is_uniform
+    assert any(not ls.is_grouped_evenly for ls in arch.layers)  # uneven query heads per K/V head
+    save_pruned(model, tiny_tokenizer(), tmp_path / "m", plan=plan)
+    for reloaded in (load(tmp_path / "m", device="cpu").model,
+                     AutoModelForCausalLM.from_pretrained(tmp_path / "m", trust_remote_code=True)):
+        assert torch.equal(reloaded(X).logits, model(X).logits)
+        want = model.generate(X[:, :4], max_new_tokens=5, do_sample=False)
+        assert torch.equal(reloaded.generate(X[:, :4], max_new_tokens=5, do_sample=False), want)
+
+
+def test_run_reaches_budget_with_training_between(tmp_path):
+    model = tiny_model("tiny-mistral")
+    cfg = PretrainPruneConfig(target_params=100_000, ratio="2:1", quantum=0.04, continue_steps=2)
+    model, plan, log = pretrain_prune(model, tiny_tokenizer(), examples(), cfg, progress=False)
+    assert count_params(model) <= 100_000
+    kinds = [e["type"] for e in log]
+    assert "train" in kinds and kinds[-2:] == ["train", "train"]
+    assert all(a["tokens"] <= b["tokens"] for a, b in zip(log, log[1:]))
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    from llmsculpt.cli.main import main
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("Pruning-aware training lets the architecture design itself while it learns. " * 80)
+    out = tmp_path / "out"
+    code = main(["pretrain-prune", "--model", "tiny-llama", "--target-params", "110000", "--data", str(corpus),
+                 "--seq-len", "32", "--quantum", "0.05", "--out", str(out)])
+    assert code == 0
+    lines = (out / "trajectory.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["type"] in ("attention", "mlp", "stem")
+    assert (out / "trajectory.png").exists()
+    assert main(["pretrain-prune", "--model", "tiny-llama", "--target-params", "110000", "--data", str(corpus),
+                 "--ratio", "x", "--out", str(tmp_path / "bad")]) == 2
