@@ -81,3 +81,21 @@ def tiny_tokenizer(vocab_size: int = 128) -> PreTrainedTokenizerFast:
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
     return fast
+
+
+def tiny_bpe_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2 style, like SmolLM's) trained in memory on a fixed text;
+    for tests of exporters that need a real BPE vocabulary and merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    text = ["The quick brown fox jumps over the lazy dog. Pruning removes heads and channels."] * 50
+    tok.train_from_iterator(text, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")

@@ -1,0 +1,47 @@
+"""`sculpt export`: GGUF for llama.cpp (uniform and heterogeneous), or a plain HF directory."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory (or any --model accepted by prune)")
+    p.add_argument("--format", required=True, choices=["gguf", "hf"])
+    p.add_argument("--out", required=True, help="output .gguf file or directory")
+    p.add_argument("--dtype", default="f16", help="GGUF tensor type: f16, f32 or q8_0")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmsculpt.errors import SculptError
+    from llmsculpt.models.loading import load
+    from llmsculpt.structures.shapes import architecture
+
+    if args.format == "gguf":
+        from llmsculpt.io.export_gguf import DTYPES, export_gguf
+
+        if args.dtype not in DTYPES:  # before loading anything
+            raise SculptError(f"unknown dtype {args.dtype!r}; choose one of: {', '.join(DTYPES)}")
+        loaded = load(args.model, device="cpu")
+        path = export_gguf(loaded.model, loaded.tokenizer, args.out, dtype=args.dtype, overwrite=args.overwrite)
+        arch = architecture(loaded.model)
+        kind = "llama" if arch.is_uniform else "deci (per-layer head counts and FFN widths)"
+        print(f"wrote {path} ({kind}, {args.dtype}); load it with llama.cpp / llama-cpp-python")
+        return 0
+    from llmsculpt.io.save import save_pruned
+    from llmsculpt.surgery.config import is_vanilla, sync_config
+
+    loaded = load(args.model, device="cpu")
+    sync_config(loaded.model)
+    if not is_vanilla(loaded.model.config):
+        raise SculptError(
+            "this model's layers differ (or its shapes/biases have no vanilla config), so a plain HF config cannot "
+            "describe it. It loads with llmsculpt.load(dir), with transformers via "
+            "AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True), and in llama.cpp via "
+            "`sculpt export --format gguf` (deci architecture); vLLM and other runtimes need uniform layers"
+        )
+    save_pruned(loaded.model, loaded.tokenizer, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.out}: a plain {loaded.model.config.model_type} config that loads in transformers/vLLM "
+          "without remote code")
+    return 0
