@@ -16,6 +16,16 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write as PNG and release a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_layer_params(directory: Path, arch: Architecture, original: dict | None) -> Path:
     """Per-layer parameter count of the pruned model vs the original (Adapt-Pruner Fig. 1 style)."""
     plt = _pyplot()
@@ -31,11 +41,7 @@ def plot_layer_params(directory: Path, arch: Architecture, original: dict | None
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("parameters (M)")
     ax.legend()
-    fig.tight_layout()
-    path = directory / "layer_params.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, directory / "layer_params.png")
 
 
 def plot_layer_importance(directory: Path, steps: list[dict]) -> Path:
@@ -53,11 +59,7 @@ def plot_layer_importance(directory: Path, steps: list[dict]) -> Path:
     a1.legend()
     a2.set_title("per-layer sparsity of each step")
     a2.set_xlabel("decoder layer")
-    fig.tight_layout()
-    path = directory / "layer_importance.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, directory / "layer_importance.png")
 
 
 def plot_report(directory: Path, arch: Architecture, report: dict) -> list[Path]:
@@ -81,8 +83,4 @@ def plot_training(directory: Path, log: list[dict]) -> Path:
     ax2 = ax.twinx()
     ax2.plot(steps, [e["params"] / 1e6 for e in log], color="#c0504d", label="params (M)")
     ax2.set_ylabel("parameters (M)")
-    fig.tight_layout()
-    path = Path(directory) / "training.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(directory) / "training.png")

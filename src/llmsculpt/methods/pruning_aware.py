@@ -16,7 +16,7 @@ __all__ = ["PretrainPruneConfig", "plot_trajectory", "pretrain_prune"]
 def plot_trajectory(directory: Path, log: list[dict], original_params: int) -> Path:
     """Saliency per parameter of the three types at each pruning step, and how much of each type
     has been removed over training (the paper's Figure 5, for this run)."""
-    from llmsculpt.io.plots import _pyplot
+    from llmsculpt.io.plots import _pyplot, save_figure
 
     plt = _pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -37,8 +37,4 @@ def plot_trajectory(directory: Path, log: list[dict], original_params: int) -> P
     a2.set_xlabel("tokens seen")
     a2.set_title("mini-groups removed")
     a2.legend()
-    fig.tight_layout()
-    path = Path(directory) / "trajectory.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(directory) / "trajectory.png")

@@ -22,7 +22,7 @@ def write_trials(study, study_dir: Path, tag: str) -> None:
 
 
 def plot_history(studies: dict, study_dir: Path) -> Path:
-    from llmsculpt.io.plots import _pyplot
+    from llmsculpt.io.plots import _pyplot, save_figure
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -39,17 +39,13 @@ def plot_history(studies: dict, study_dir: Path) -> Path:
     ax.set_ylabel("perplexity of the pruned model")
     ax.set_yscale("log")
     ax.legend()
-    fig.tight_layout()
-    path = study_dir / "history.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, study_dir / "history.png")
 
 
 def plot_importances(study, study_dir: Path) -> Path | None:
     import optuna
 
-    from llmsculpt.io.plots import _pyplot
+    from llmsculpt.io.plots import _pyplot, save_figure
 
     if len(completed(study)) < 4:
         return None
@@ -59,8 +55,4 @@ def plot_importances(study, study_dir: Path) -> Path | None:
     names = list(imp)[::-1]
     ax.barh(names, [imp[n] for n in names])
     ax.set_xlabel("importance (fANOVA)")
-    fig.tight_layout()
-    path = study_dir / "param_importances.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, study_dir / "param_importances.png")
