@@ -77,3 +77,12 @@ def test_methods_hit_target_and_round_trip(tmp_path, method):
     save_pruned(model, tiny_tokenizer(), tmp_path / method, plan=result.plan)
     x = calib(11)
     assert torch.equal(load(tmp_path / method, device="cpu").model(x).logits, model(x).logits)
+
+
+@pytest.mark.parametrize("family", ["tiny-qwen2", "tiny-qwen3", "tiny-llama-tied"])
+def test_flap_output_biases_round_trip_in_every_family(tmp_path, family):
+    model = tiny_model(family)
+    result = run("flap", model, ratio=0.2)
+    save_pruned(model, tiny_tokenizer(), tmp_path / "m", plan=result.plan)
+    x = calib(5)
+    assert torch.equal(load(tmp_path / "m", device="cpu").model(x).logits, model(x).logits)

@@ -36,6 +36,7 @@ class ArchSpec:
     layer_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     head_norms: tuple[str, ...] = ()  # per-head norms over head_dim (Qwen3 q_norm/k_norm)
     qkv_bias: bool = False
+    o_bias_with_qkv: bool = True  # the family's attention-bias flag also puts a bias on o_proj
 
     # --- navigation helpers -------------------------------------------------------------
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
@@ -74,7 +75,7 @@ def set_path(root: nn.Module, path: str, value) -> None:
 ARCHITECTURES: Registry[ArchSpec] = Registry("architecture")
 ARCHITECTURES.add("llama", ArchSpec(model_type="llama"))
 ARCHITECTURES.add("mistral", ArchSpec(model_type="mistral"))
-ARCHITECTURES.add("qwen2", ArchSpec(model_type="qwen2", qkv_bias=True))
+ARCHITECTURES.add("qwen2", ArchSpec(model_type="qwen2", qkv_bias=True, o_bias_with_qkv=False))
 ARCHITECTURES.add("qwen3", ArchSpec(model_type="qwen3", head_norms=("q_norm", "k_norm")))
 
 

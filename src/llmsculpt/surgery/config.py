@@ -38,7 +38,10 @@ def sync_config(model: nn.Module) -> Architecture:
             delattr(cfg, key)
     # biases on o_proj/down_proj alone (FLAP's compensation) have no vanilla config flag: the
     # family's attention_bias / mlp_bias would add them to q/k/v or gate/up as well
-    odd_bias = arch.o_bias != arch.qkv_bias or arch.down_bias != arch.mlp_bias
+    from llmsculpt.models.spec import spec_for
+
+    vanilla_o_bias = arch.qkv_bias and spec_for(model).o_bias_with_qkv
+    odd_bias = arch.o_bias != vanilla_o_bias or arch.down_bias != arch.mlp_bias
     if odd_bias:
         cfg.sculpt_output_bias = {"o_proj": arch.o_bias, "down_proj": arch.down_bias}
     if odd_bias or not (arch.is_uniform and vanilla_config_ok(cfg)):
