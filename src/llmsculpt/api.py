@@ -112,6 +112,14 @@ def prune(
         raise SculptError(f"seq-len {cfg.data.seq_len} is beyond the model's context of {context} tokens")
     calib = _calibration_fn(tokenizer, cfg.data, calib_text)
     before = count_params(model)
+    floor = architecture(model).min_param_count()
+    if before - cfg.removal_target(before) <= floor:
+        from llmsculpt.errors import SculptError
+
+        raise SculptError(
+            f"cannot remove {cfg.removal_target(before):,} of {before:,} parameters: structured pruning keeps at least "
+            f"{floor:,} (embeddings plus one head and one MLP channel per layer); lower the ratio or raise the target"
+        )
     original = architecture(model).to_dict()
     calib(cfg.seed)  # fail on bad calibration data before any work
     ppl_before = _ppl(model, tokenizer, eval_text, cfg.data.seq_len, eval_windows) if eval_text else None

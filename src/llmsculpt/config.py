@@ -62,7 +62,7 @@ class PruneConfig:
     """Everything ``sculpt prune`` decides with. Method-specific knobs live in ``options``."""
 
     model: str | None = None
-    method: str = "uniform"
+    method: str = "adaptive"  # beats uniform on the default model (bench/adaptive_vs_uniform.py)
     ratio: float | None = None
     target_params: int | str | None = None
     metric: str = "taylor"

@@ -12,7 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--ratio", type=float, default=None, help="fraction of all parameters to remove (default 0.2)")
     target.add_argument("--target-params", default=None, help="parameter count to reach, e.g. 90M")
-    p.add_argument("--method", default=None, help="pruning method (default: uniform); see --list-methods")
+    p.add_argument("--method", default=None, help="pruning method (default: adaptive); see --list-methods")
     p.add_argument("--config", default=None, help="YAML recipe (e.g. best.yaml from `sculpt search`)")
     p.add_argument("--metric", default=None, help="importance metric: taylor, taylor_vector, fisher, taylor_mix, l1, l2, wanda")
     p.add_argument("--aggregation", default=None, choices=["sum", "mean", "max", "prod", "last"])
