@@ -74,23 +74,6 @@ def test_real_bigbench_tasks_load():
     assert res.n == 3
 
 
-def test_lm_eval_adapter_on_a_local_task(tmp_path):
-    pytest.importorskip("lm_eval")
-    from llmsculpt.eval.lm_eval_adapter import run_lm_eval
-
-    data = tmp_path / "data.jsonl"
-    data.write_text("\n".join(json.dumps({"context": f"Is fire hot {i}?", "choices": [" yes", " no"], "label": 0}) for i in range(4)))
-    (tmp_path / "local_mc.yaml").write_text(
-        "task: local_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(data) + "\n"
-        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"{{context}}\"\n"
-        "doc_to_choice: \"{{choices}}\"\ndoc_to_target: \"{{label}}\"\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n"
-    )
-    model, tok = tiny_model(), tiny_tokenizer()
-    out = run_lm_eval(model, tok, ["local_mc"], include_path=str(tmp_path), batch_size=2)
-    ours = score_mc(model, tok, McTask("local", [McExample(f"Is fire hot {i}?", [" yes", " no"], 0) for i in range(4)], output_prefix=""))
-    assert out["local_mc"]["all"]["acc"] == pytest.approx(ours.acc)
-
-
 def test_speed_measurement_fields():
     model = tiny_model()
     res = measure_speed(model, batch_sizes=(1, 2), prompt_len=16, new_tokens=4, repeats=1)
