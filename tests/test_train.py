@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from llmsculpt.errors import SculptError
-from llmsculpt.methods.adapt_accel import AccelConfig, Interrupted, run_accel
+from llmsculpt.methods.adapt_accel import Interrupted, run_accel
 from llmsculpt.structures.shapes import count_params
-from llmsculpt.testing import tiny_model, tiny_tokenizer
+from llmsculpt.testing import tiny_tokenizer
 from llmsculpt.train.data import IGNORE, load_examples
 from llmsculpt.train.phases import data_shares, phase_targets
 from llmsculpt.train.schedule import cosine, wsd
 
-TEXT = "Pruning removes heads and channels; training recovers what was lost. " * 30
+from _accel_case import TEXT, accel_case
+
 
 
 def test_wsd_boundaries():
@@ -56,12 +57,7 @@ def test_data_formats_mask_prompts(tmp_path):
 
 
 def _run(tmp_path, name, **kw):
-    tok = tiny_tokenizer()
-    (tmp_path / "t.txt").write_text(TEXT)
-    examples, _ = load_examples(tmp_path / "t.txt", tok, fmt="text", seq_len=32)
-    model = tiny_model("tiny-llama")
-    cfg = AccelConfig(target_params=100_000, phases=2, batch_size=4, lr=1e-3, min_lr=1e-4, checkpoint_every=3,
-                      calib_samples=4, calib_len=32, prune_steps=1)
+    model, tok, examples, cfg = accel_case(tmp_path / "t.txt")
     return run_accel(model, tok, examples, cfg, checkpoint_dir=tmp_path / name, progress=False, **kw)
 
 

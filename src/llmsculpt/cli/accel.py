@@ -1,8 +1,13 @@
-"""`sculpt accel`: Adapt-Accel, interleaved pruning and recovery training, resumable."""
+"""`sculpt accel`: Adapt-Accel, interleaved pruning and recovery training, resumable.
+
+Data-parallel on several processes: ``torchrun --nproc_per_node 2 -m llmsculpt.cli.main accel ...``
+(CPU, gloo) or ``accelerate launch --multi_gpu --num_processes N -m llmsculpt.cli.main accel ...``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from llmsculpt.cli._common import add_model_argument
 
@@ -62,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     )
     ckpt = f"{str(args.out).rstrip('/')}.ckpt"
     model, plan, log = run_accel(model, tok, examples, cfg, checkpoint_dir=ckpt, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # multi-process run: the main process saves
+        return 0
     report = {"method": "adapt-accel", "params_before": before, "params_after": count_params(model),
               "config": vars(args) | {"target_params": target}, "log": log}
 

@@ -8,6 +8,12 @@ train/trainer.py). Checkpoints (model, optimiser, RNG-free state: the data order
 the seed) are written atomically after every phase and every ``checkpoint_every`` steps to
 ``<out>.ckpt/``; ``resume=True`` continues from there with the same data order and schedule.
 LoRA mode merges the adapters before each pruning and checkpoints at phase ends only.
+
+Launched with several processes (``torchrun``/``accelerate launch``), training is data-parallel
+(DDP through accelerate, see train/distributed.py): each process trains on its slice of every global
+batch, the main process alone decides each pruning and writes checkpoints and logs, and the others
+apply the same plan and receive its weights. Results equal a single-process run up to the
+reduction order of the averaged gradients.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from llmsculpt.errors import SculptError
 from llmsculpt.methods.base import PruneContext, get_method
 from llmsculpt.plan import Plan
 from llmsculpt.structures.shapes import architecture, count_params
+from llmsculpt.surgery import apply_plan
 from llmsculpt.train.data import Example, collate
+from llmsculpt.train.distributed import Processes
 from llmsculpt.train.phases import data_shares, phase_targets
 from llmsculpt.train.schedule import learning_rate
 from llmsculpt.train.trainer import add_lora, make_optimizer, merge_lora, train_step
@@ -110,6 +118,9 @@ def run_accel(
     """Interleave pruning and training; returns the model, the composed plan and the log."""
     from tqdm.auto import tqdm
 
+    procs = Processes()
+    if procs.device is not None:
+        model = model.to(procs.device)
     ckpt = Path(checkpoint_dir)
     original = count_params(model)
     arch0 = architecture(model)
@@ -149,11 +160,15 @@ def run_accel(
             log = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
             log = [e for e in log if e["step"] < state["global_step"]]
     plan = Plan.from_dict(state["plan"])
-    ckpt.mkdir(parents=True, exist_ok=True)
-    log_file = open(ckpt / "log.jsonl", "w")
-    for entry in log:
-        log_file.write(json.dumps(entry) + "\n")
-    bar = tqdm(total=total, initial=state["global_step"], desc="adapt-accel", disable=not progress)
+    procs.barrier()  # every process has read the checkpoint before the main one writes the log anew
+    log_file = None
+    if procs.is_main:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        log_file = open(ckpt / "log.jsonl", "w")
+        for entry in log:
+            log_file.write(json.dumps(entry) + "\n")
+    bar = tqdm(total=total, initial=state["global_step"], desc="adapt-accel", disable=not (progress and procs.is_main))
+    net = procs.wrap(model)
     start = 0
     try:
         for phase in range(cfg.phases):
@@ -167,35 +182,68 @@ def run_accel(
                                    options={"steps": cfg.prune_steps} if cfg.prune_method == "adaptive" else {})
                 calib = _calibration(data or examples, cfg.calib_samples, cfg.calib_len, cfg.seed + phase)
                 if count_params(model) > targets[phase]:
-                    result = get_method(pcfg.method)(PruneContext(model, tokenizer, pcfg, lambda s: calib, progress=False))
-                    plan = plan.compose(result.plan)
+                    step = _prune_once(procs, model, tokenizer, pcfg, calib)
+                    plan = plan.compose(step)
                 if cfg.mode == "lora":
                     model = add_lora(model)
+                net = procs.wrap(model)
                 optimizer = make_optimizer(model, cfg.lr)
                 state.update(pruned=True, step_in_phase=0, plan=plan.to_dict())
             for k in range(state["step_in_phase"], steps[phase]):
-                batch = collate(data[k * cfg.batch_size : (k + 1) * cfg.batch_size], tokenizer.pad_token_id or 0)
+                mine, scale = procs.my_share(data[k * cfg.batch_size : (k + 1) * cfg.batch_size])
+                batch = collate(mine, tokenizer.pad_token_id or 0)
                 g = state["global_step"]
                 lr = learning_rate(cfg.schedule, g, total, lr=cfg.lr, min_lr=cfg.min_lr)
-                loss = train_step(model, batch, optimizer, lr, teacher=teacher, temperature=cfg.temperature,
-                                  distill_weight=cfg.distill_weight)
+                loss = procs.mean(train_step(net, batch, optimizer, lr, teacher=teacher, temperature=cfg.temperature,
+                                             distill_weight=cfg.distill_weight, loss_scale=scale))
                 entry = {"step": g, "phase": phase, "loss": loss, "lr": lr, "params": _base_params(model)}
                 log.append(entry)
-                log_file.write(json.dumps(entry) + "\n")
-                log_file.flush()
+                if log_file is not None:
+                    log_file.write(json.dumps(entry) + "\n")
+                    log_file.flush()
                 state.update(step_in_phase=k + 1, global_step=g + 1)
                 bar.update(1)
                 bar.set_postfix(phase=phase + 1, loss=f"{loss:.3f}", params=f"{entry['params'] / 1e6:.1f}M")
                 if stop_after is not None and state["global_step"] >= stop_after:
                     raise Interrupted(f"stopped after {stop_after} steps")
                 if cfg.mode == "full" and cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
-                    _save_checkpoint(ckpt, model, tokenizer, optimizer, state)
+                    _checkpoint(procs, ckpt, model, tokenizer, optimizer, state)
             model = merge_lora(model)
+            net = procs.wrap(model) if cfg.mode == "lora" else net
             if cfg.mode == "lora":
                 optimizer = None
             state.update(phase=phase + 1, pruned=False, step_in_phase=0)
-            _save_checkpoint(ckpt, model, tokenizer, optimizer if cfg.mode == "full" else None, state)
+            _checkpoint(procs, ckpt, model, tokenizer, optimizer if cfg.mode == "full" else None, state)
     finally:
         bar.close()
-        log_file.close()
+        if log_file is not None:
+            log_file.close()
     return model, plan, log
+
+
+def _checkpoint(procs: Processes, ckpt: Path, model, tokenizer, optimizer, state: dict) -> None:
+    """The main process writes; every process waits until the checkpoint is complete."""
+    if procs.is_main:
+        _save_checkpoint(ckpt, model, tokenizer, optimizer, state)
+    procs.barrier()
+
+
+def _prune_once(procs: Processes, model, tokenizer, pcfg: PruneConfig, calib: torch.Tensor) -> Plan:
+    """Prune ``model`` in place; return the plan. With several processes the main one decides and
+    the others apply its plan (the weights themselves are synchronised when DDP re-wraps the model)."""
+    plan = None
+    if procs.is_main:
+        result = get_method(pcfg.method)(PruneContext(model, tokenizer, pcfg, lambda s: calib, progress=False))
+        plan = result.plan
+    if procs.world == 1:
+        return plan
+    plan = Plan.from_dict(procs.share(plan.to_dict() if plan is not None else None))
+    if not procs.is_main:
+        apply_plan(model, plan)
+    shapes = procs.share(architecture(model).to_dict() if procs.is_main else None)
+    if architecture(model).to_dict() != shapes:
+        raise SculptError(
+            f"pruning method {pcfg.method!r} changed the model beyond its plan (e.g. added biases), so the other "
+            "processes cannot reproduce it; use it in a single process, or the adaptive/uniform methods"
+        )
+    return plan

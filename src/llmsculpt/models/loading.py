@@ -87,7 +87,11 @@ def _convert_gguf_cached(gguf: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "sculpt_source.json").write_text(json.dumps({"gguf": str(gguf)}))
-        os.replace(tmp, target) if not target.exists() else shutil.rmtree(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process (e.g. another rank of a multi-process run) got there first
+            if not target.is_dir():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

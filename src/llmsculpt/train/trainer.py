@@ -35,7 +35,13 @@ def train_step(
     temperature: float = 2.0,
     distill_weight: float = 0.5,
     max_grad_norm: float = 1.0,
+    loss_scale: float = 1.0,
 ) -> float:
+    """One AdamW step at learning rate ``lr``; returns the (scaled) loss.
+
+    ``loss_scale`` multiplies the loss before backward (data-parallel runs use it so that DDP's
+    gradient average equals the whole batch's token-mean gradient; see train/distributed.py).
+    """
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     for group in optimizer.param_groups:
@@ -47,6 +53,7 @@ def train_step(
         with torch.no_grad():
             t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         loss = (1 - distill_weight) * loss + distill_weight * distill_loss(out.logits, t_logits, batch["labels"], temperature)
+    loss = loss * loss_scale
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)

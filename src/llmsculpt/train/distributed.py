@@ -1,0 +1,112 @@
+"""Several processes, one run: data-parallel training with accelerate (DDP), pruning decided once.
+
+A run launched with ``torchrun --nproc_per_node N`` (CPU, gloo) or ``accelerate launch
+--num_processes N`` (GPUs) sees ``WORLD_SIZE > 1`` and trains data-parallel: every process takes its
+slice of each global batch, gradients are averaged by DDP, and all processes hold the same weights.
+Pruning is decided on the main process only; the others receive its plan and apply the same surgery,
+and re-wrapping the pruned model in DDP copies the main process's weights to all of them (DDP
+broadcasts module state when it is built), so any weight change a method made travels too.
+Only the main process writes checkpoints, logs and outputs; the others wait at a barrier.
+
+In a single process (the default) nothing here touches torch.distributed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from llmsculpt.errors import SculptError
+from llmsculpt.train.data import IGNORE, Example
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class Processes:
+    """The process group of this run (one process unless launched by torchrun/accelerate)."""
+
+    def __init__(self) -> None:
+        self.accelerator = None
+        if world_size_from_env() > 1:
+            from accelerate import Accelerator
+
+            self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), device_placement=False)
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes if self.accelerator else 1
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index if self.accelerator else 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device | None:
+        """The device this process should train on (None: leave the model where it is)."""
+        return self.accelerator.device if self.accelerator else None
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module to run forward/backward through: DDP around ``model`` when distributed.
+
+        Call again after every pruning (parameter shapes changed); building DDP copies the main
+        process's parameters and buffers to every process.
+        """
+        if self.accelerator is None:
+            return model
+        return self.accelerator.prepare_model(model)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return self.accelerator.unwrap_model(model) if self.accelerator else model
+
+    def share(self, obj):
+        """The main process's ``obj`` on every process (picklable objects)."""
+        if self.accelerator is None:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        box = [obj if self.is_main else None]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
+
+    def mean(self, value: float) -> float:
+        """Average of a scalar over processes (the logged loss)."""
+        if self.accelerator is None:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
+        return float(self.accelerator.reduce(t, reduction="mean").item())
+
+    def barrier(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+    def my_share(self, batch: list[Example]) -> tuple[list[Example], float]:
+        """This process's examples of a global batch and the factor to scale its loss by, so that the
+        DDP average of the scaled per-process losses equals the token-mean loss of the whole batch
+        (what a single process computes): factor = world · own label tokens / batch label tokens.
+
+        A batch smaller than the number of processes (the tail of a phase) leaves some processes
+        without an example; they step on a copy with factor 0, so every process runs the same
+        collective operations and the gradient is still exactly the batch's.
+        """
+        if not batch:
+            raise SculptError("empty batch")
+        if self.world == 1:
+            return batch, 1.0
+        mine = batch[self.rank :: self.world]
+        if not mine:
+            return [batch[0]], 0.0
+        total = sum(_label_tokens(e) for e in batch)
+        return mine, self.world * sum(_label_tokens(e) for e in mine) / max(total, 1)
+
+
+def _label_tokens(example: Example) -> int:
+    """Positions that count in the causal-LM loss (labels are shifted by one)."""
+    return sum(1 for label in example.labels[1:] if label != IGNORE)
