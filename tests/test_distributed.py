@@ -1,6 +1,6 @@
-"""Adapt-Accel on 2 CPU processes (torchrun, gloo, DDP through accelerate): pruning decided on the
-main process is applied identically everywhere, the result equals a single-process run, and a
-run killed mid-phase resumes to the same weights."""
+"""Adapt-Accel and pruning-aware training on 2 CPU processes (torchrun, gloo, DDP through
+accelerate): pruning decided on the main process is applied identically everywhere, the result
+equals a single-process run, and a run killed mid-phase resumes to the same weights."""
 
 import os
 import subprocess
@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from llmsculpt.methods.adapt_accel import run_accel
+from llmsculpt.pretrain.loop import pretrain_prune
 from llmsculpt.train.distributed import Processes
 from llmsculpt.train.data import Example
 
-from _accel_case import accel_case
+from _runs import accel_case, pretrain_case
 
-SCRIPT = Path(__file__).parent / "scripts" / "accel_two_processes.py"
+SCRIPTS = Path(__file__).parent / "scripts"
 
 
 def _same(a: dict, b: dict, atol: float) -> None:
@@ -26,15 +27,20 @@ def _same(a: dict, b: dict, atol: float) -> None:
         assert torch.allclose(a[name], b[name], atol=atol), (name, (a[name] - b[name]).abs().max())
 
 
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
+def _torchrun(script: str, out: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(out)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPTS / script),
+         str(out)],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    _torchrun("accel_two_processes.py", out)
     return {name: torch.load(out / f"{name}.pt") for name in ("full-0", "full-1", "resumed-0", "resumed-1")}
 
 
@@ -75,3 +81,16 @@ def test_batch_shares_reproduce_the_token_mean(monkeypatch):
     assert (f0 + f1) / 2 == pytest.approx(1.0) and f0 == pytest.approx(2 * (4 + 2) / 14)
     monkeypatch.setattr(Processes, "rank", property(lambda self: 1))
     assert procs.my_share(batch[:1]) == ([batch[0]], 0.0)  # nothing left for process 1: weight 0
+
+
+def test_pruning_aware_training_on_two_processes_equals_one(tmp_path):
+    _torchrun("pretrain_two_processes.py", tmp_path)
+    ranks = [torch.load(tmp_path / f"pretrain-{r}.pt") for r in (0, 1)]
+    _same(ranks[0]["state"], ranks[1]["state"], atol=0)
+    model, tok, examples, cfg = pretrain_case()
+    single, plan, log = pretrain_prune(model, tok, examples, cfg, progress=False)
+    assert ranks[0]["plan"] == plan.to_dict()
+    assert [(e["type"], e["params"]) for e in ranks[0]["log"]] == [(e["type"], e["params"]) for e in log]
+    assert [e["loss"] for e in ranks[0]["log"]] == pytest.approx([e["loss"] for e in log], rel=1e-4)
+    _same(ranks[0]["state"], single.state_dict(), atol=1e-4)
+    assert (tmp_path / "ckpt" / "last" / "state.json").is_file()

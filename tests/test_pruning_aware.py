@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from llmsculpt.errors import SculptError
 from llmsculpt.io.save import save_pruned
 from llmsculpt.models.loading import load
 from llmsculpt.pretrain.loop import PretrainPruneConfig, apply_obs, input_hessians, plan_for, pretrain_prune
@@ -16,14 +17,10 @@ from llmsculpt.structures.shapes import architecture, count_params
 from llmsculpt.surgery import apply_plan
 from llmsculpt.testing import tiny_model, tiny_tokenizer
 from llmsculpt.testing.masking import mask_plan
-from llmsculpt.train.data import Example
+
+from _runs import pretrain_case, token_blocks as examples
 
 X = torch.randint(4, 128, (2, 16), generator=torch.Generator().manual_seed(0))
-
-
-def examples(n=24, seq=32):
-    g = torch.Generator().manual_seed(1)
-    return [Example(t.tolist(), t.tolist()) for t in torch.randint(4, 128, (n, seq), generator=g)]
 
 
 @pytest.mark.parametrize(
@@ -122,3 +119,63 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert (out / "trajectory.png").exists()
     assert main(["pretrain-prune", "--model", "tiny-llama", "--target-params", "110000", "--data", str(corpus),
                  "--ratio", "x", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_obc_scores_are_the_errors_left_after_the_obs_update():
+    """For an MLP channel and a head, the obc saliency (× parameters freed) equals the layer-output
+    error ‖(W − W')X‖² after removing it with the OBS update (same damped Hessian)."""
+    from llmsculpt.pretrain.obs import damped
+    from llmsculpt.pretrain.saliency import obc_saliency, unit_params
+
+    model = tiny_model("tiny-llama")
+    arch = architecture(model)
+    with torch.no_grad(), input_hessians(model, True, inputs=True) as hess:
+        model(input_ids=X)
+    assert {k[1] for k in hess} == {"o", "down", "attn_in", "mlp_in"}
+    sal = obc_saliency(model, arch, hess)
+    sizes = unit_params(arch)
+    layer = model.model.layers[2]
+    hd = arch.head_dim
+
+    def error(weight, h, cols):
+        delta = weight.double() - obs_remove_columns(weight, h, cols).double()
+        return torch.trace(delta @ damped(h.double()) @ delta.T).item()
+
+    for c in (0, 7, 50):
+        want = error(layer.mlp.down_proj.weight, hess[(2, "down")], [c])
+        assert sal.mlp[2][c].item() * sizes["mlp"] == pytest.approx(want, rel=1e-3)
+    for h in (0, 3):
+        want = error(layer.self_attn.o_proj.weight, hess[(2, "o")], list(range(h * hd, (h + 1) * hd)))
+        assert sal.heads[2][h].item() * sizes["attention"] == pytest.approx(want, rel=1e-3)
+    assert sal.stem.shape == (arch.hidden,) and bool((sal.stem > 0).all())
+
+
+def test_obc_metric_run_reaches_the_budget():
+    cfg = PretrainPruneConfig(target_params=110_000, metric="obc", quantum=0.05, ratio="1:1")
+    model, _, log = pretrain_prune(tiny_model("tiny-llama"), tiny_tokenizer(), examples(), cfg, progress=False)
+    assert count_params(model) <= 110_000
+    assert all(set(e["saliency"]) == {"attention", "mlp", "stem"} for e in log if e["type"] != "train")
+
+
+def test_killed_run_resumes_to_the_same_model(tmp_path):
+    from llmsculpt.methods.pruning_aware import Interrupted
+
+    cfg = PretrainPruneConfig(target_params=105_000, ratio="2:1", quantum=0.04, continue_steps=2, obs=True)
+    kw = dict(checkpoint_every=3, progress=False)
+    full, full_plan, full_log = pretrain_prune(tiny_model("tiny-llama"), tiny_tokenizer(), examples(), cfg,
+                                               checkpoint_dir=tmp_path / "full", **kw)
+    with pytest.raises(Interrupted):  # dies between checkpoints, after some pruning changed the shapes
+        pretrain_prune(tiny_model("tiny-llama"), tiny_tokenizer(), examples(), cfg, checkpoint_dir=tmp_path / "cut",
+                       stop_after=len(full_log) - 2, **kw)
+    resumed, plan, log = pretrain_prune(tiny_model("tiny-llama"), tiny_tokenizer(), examples(), cfg,
+                                        checkpoint_dir=tmp_path / "cut", resume=True, **kw)
+    assert plan.to_dict() == full_plan.to_dict()
+    assert [(e["step"], e["type"], e["params"]) for e in log] == [(e["step"], e["type"], e["params"]) for e in full_log]
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    lines = (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(len(full_log)))
+    other = PretrainPruneConfig(target_params=105_000, ratio="1:1", quantum=0.04, continue_steps=2, obs=True)
+    with pytest.raises(SculptError, match="different settings.*ratio"):
+        pretrain_prune(tiny_model("tiny-llama"), tiny_tokenizer(), examples(), other, checkpoint_dir=tmp_path / "cut",
+                       resume=True, **kw)

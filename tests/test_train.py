@@ -13,7 +13,7 @@ from llmsculpt.train.data import IGNORE, load_examples
 from llmsculpt.train.phases import data_shares, phase_targets
 from llmsculpt.train.schedule import cosine, wsd
 
-from _accel_case import TEXT, accel_case
+from _runs import TEXT, accel_case
 
 
 

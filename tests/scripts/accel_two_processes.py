@@ -10,7 +10,7 @@ from llmsculpt.methods.adapt_accel import Interrupted, run_accel
 from llmsculpt.train.distributed import Processes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _accel_case import accel_case  # noqa: E402
+from _runs import accel_case  # noqa: E402
 
 out = Path(sys.argv[1])
 procs = Processes()

@@ -1,8 +1,13 @@
-"""`sculpt pretrain-prune`: EfficientLLM pruning-aware training to a parameter budget."""
+"""`sculpt pretrain-prune`: EfficientLLM pruning-aware training to a parameter budget.
+
+Resumable (``--resume`` continues from ``<out>.ckpt/``) and data-parallel on several processes:
+``torchrun --standalone --nproc_per_node 2 -m llmsculpt.cli.main pretrain-prune ...``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from llmsculpt.cli._common import add_model_argument
 
@@ -13,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="plain-text corpus")
     p.add_argument("--ratio", default="1:1", help="pruning:training steps per cycle (paper: 4:1, 2:1, 1:1, 1:9)")
     p.add_argument("--quantum", type=float, default=0.02, help="fraction of the original parameters per pruning step")
-    p.add_argument("--metric", default="taylor", choices=["taylor", "fisher"])
+    p.add_argument("--metric", default="taylor", choices=["taylor", "fisher", "obc"])
     p.add_argument("--types", default="attention,mlp,stem", help="mini-group types that may be pruned")
     p.add_argument("--fixed-order", default=None, help="ablation: cycle these types instead of choosing, e.g. stem,attention,mlp")
     p.add_argument("--obs", action="store_true", help="second-order (OBS) weight update on each removal")
@@ -22,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--continue-steps", type=int, default=0, help="training steps after the budget is met")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints in <out>.ckpt/")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from <out>.ckpt/")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
 
@@ -48,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
     loaded = load(args.model)
     examples, _ = load_examples(args.data, loaded.tokenizer, fmt="text", seq_len=args.seq_len)
     before, source = count_params(loaded.model), architecture(loaded.model)
-    model, plan, log = pretrain_prune(loaded.model, loaded.tokenizer, examples, cfg)
+    ckpt = f"{str(args.out).rstrip('/')}.ckpt"
+    model, plan, log = pretrain_prune(loaded.model, loaded.tokenizer, examples, cfg, checkpoint_dir=ckpt,
+                                      checkpoint_every=args.checkpoint_every, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # multi-process run: the main process saves
+        return 0
     report = {"method": "pruning-aware", "params_before": before, "params_after": count_params(model),
               "original_architecture": source.to_dict(), "config": vars(args)}
 

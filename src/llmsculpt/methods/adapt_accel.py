@@ -22,7 +22,6 @@ import copy
 import json
 import math
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from llmsculpt.methods.base import PruneContext, get_method
 from llmsculpt.plan import Plan
 from llmsculpt.structures.shapes import architecture, count_params
 from llmsculpt.surgery import apply_plan
+from llmsculpt.train.checkpoint import load_checkpoint, read_log, save_checkpoint
 from llmsculpt.train.data import Example, collate
 from llmsculpt.train.distributed import Processes
 from llmsculpt.train.phases import data_shares, phase_targets
@@ -86,24 +86,6 @@ def _base_params(model) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
 
 
-def _save_checkpoint(ckpt: Path, model, tokenizer, optimizer, state: dict) -> None:
-    from llmsculpt.io.save import write_model_files
-
-    ckpt.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt / "last.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write_model_files(model, tokenizer, tmp)
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state))
-    old = ckpt / "last.old"
-    if (ckpt / "last").exists():
-        os.replace(ckpt / "last", old)
-    os.replace(tmp, ckpt / "last")
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def run_accel(
     model,
     tokenizer,
@@ -143,22 +125,11 @@ def run_accel(
     log: list[dict] = []
     optimizer = None
     if resume:
-        last = ckpt / "last"
-        if not (last / "state.json").is_file():
-            raise SculptError(f"nothing to resume: no checkpoint in {ckpt}")
-        from llmsculpt.models.loading import load
-
-        state = json.loads((last / "state.json").read_text())
-        if state["config"] != asdict(cfg):
-            raise SculptError("the checkpoint was made with different settings; resume with the same command")
-        model = load(last, device=next(model.parameters()).device).model
-        if (last / "optimizer.pt").is_file():
+        model, opt_state, state = load_checkpoint(ckpt, asdict(cfg), next(model.parameters()).device)
+        if opt_state is not None:
             optimizer = make_optimizer(model, cfg.lr)
-            optimizer.load_state_dict(torch.load(last / "optimizer.pt"))
-        log_path = ckpt / "log.jsonl"
-        if log_path.is_file():
-            log = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
-            log = [e for e in log if e["step"] < state["global_step"]]
+            optimizer.load_state_dict(opt_state)
+        log = read_log(ckpt, state["global_step"])
     plan = Plan.from_dict(state["plan"])
     procs.barrier()  # every process has read the checkpoint before the main one writes the log anew
     log_file = None
@@ -224,7 +195,7 @@ def run_accel(
 def _checkpoint(procs: Processes, ckpt: Path, model, tokenizer, optimizer, state: dict) -> None:
     """The main process writes; every process waits until the checkpoint is complete."""
     if procs.is_main:
-        _save_checkpoint(ckpt, model, tokenizer, optimizer, state)
+        save_checkpoint(ckpt, model, tokenizer, optimizer, state)
     procs.barrier()
 
 

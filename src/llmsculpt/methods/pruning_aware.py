@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmsculpt.pretrain.loop import PretrainPruneConfig, pretrain_prune
+from llmsculpt.pretrain.loop import Interrupted, PretrainPruneConfig, pretrain_prune
 
-__all__ = ["PretrainPruneConfig", "plot_trajectory", "pretrain_prune"]
+__all__ = ["Interrupted", "PretrainPruneConfig", "plot_trajectory", "pretrain_prune"]
 
 
 def plot_trajectory(directory: Path, log: list[dict], original_params: int) -> Path:

@@ -4,9 +4,12 @@ per parameter (so the architecture designs itself), or follows a fixed type orde
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -14,10 +17,12 @@ from llmsculpt.errors import SculptError
 from llmsculpt.models.spec import spec_for
 from llmsculpt.plan import Plan
 from llmsculpt.pretrain.obs import obs_remove_columns
-from llmsculpt.pretrain.saliency import TYPES, Saliency, saliency, unit_params
+from llmsculpt.pretrain.saliency import HESSIAN_METRICS, TYPES, Saliency, saliency, unit_params
 from llmsculpt.structures.shapes import Architecture, architecture, count_params
 from llmsculpt.surgery import apply_plan
+from llmsculpt.train.checkpoint import load_checkpoint, read_log, save_checkpoint
 from llmsculpt.train.data import Example, collate
+from llmsculpt.train.distributed import Processes
 from llmsculpt.train.schedule import learning_rate
 from llmsculpt.train.trainer import make_optimizer, train_step
 
@@ -102,8 +107,9 @@ def plan_for(arch: Architecture, kind: str, units: list[tuple]) -> Plan:
 
 
 @contextmanager
-def input_hessians(model, enabled: bool):
-    """H = Σ x xᵀ of every o_proj and down_proj input during the forward passes inside."""
+def input_hessians(model, enabled: bool, *, inputs: bool = False):
+    """H = Σ x xᵀ of every o_proj and down_proj input during the forward passes inside; with
+    ``inputs`` also of the attention and MLP inputs (q_proj's and gate_proj's), keyed "attn_in"/"mlp_in"."""
     spec = spec_for(model)
     store: dict[tuple[int, str], torch.Tensor] = {}
     handles = []
@@ -117,9 +123,10 @@ def input_hessians(model, enabled: bool):
 
     if enabled:
         for i, layer in enumerate(spec.decoder_layers(model)):
-            _, _, _, o = spec.qkvo(layer)
-            _, _, down = spec.gate_up_down(layer)
-            handles += [o.register_forward_pre_hook(make((i, "o"))), down.register_forward_pre_hook(make((i, "down")))]
+            q, _, _, o = spec.qkvo(layer)
+            gate, _, down = spec.gate_up_down(layer)
+            watched = [(o, "o"), (down, "down")] + ([(q, "attn_in"), (gate, "mlp_in")] if inputs else [])
+            handles += [module.register_forward_pre_hook(make((i, name))) for module, name in watched]
     try:
         yield store
     finally:
@@ -143,12 +150,35 @@ def apply_obs(model, arch: Architecture, kind: str, units: list[tuple], hessians
         lin.weight.copy_(obs_remove_columns(lin.weight, hessians[key].to(lin.weight.device), cols))
 
 
-def pretrain_prune(model, tokenizer, examples: list[Example], cfg: PretrainPruneConfig, *, progress: bool = True):
-    """Run pruning-aware training; returns (model, composed plan, trajectory log)."""
+def pretrain_prune(
+    model,
+    tokenizer,
+    examples: list[Example],
+    cfg: PretrainPruneConfig,
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+):
+    """Run pruning-aware training; returns (model, composed plan, trajectory log).
+
+    With ``checkpoint_dir`` the run is checkpointed every ``checkpoint_every`` steps (pruning or
+    training) and at the end; ``resume=True`` continues from the latest checkpoint with the same
+    data order and schedule. Launched on several processes (torchrun / accelerate launch), gradients
+    are averaged across them (DDP), the main process decides every pruning step (its saliency is the
+    all-reduced one) and the others apply its plan; see train/distributed.py.
+    """
     from tqdm.auto import tqdm
 
     if not examples:
         raise SculptError("no training data")
+    if resume and checkpoint_dir is None:
+        raise SculptError("resume needs the checkpoint directory")
+    procs = Processes()
+    if procs.device is not None:
+        model = model.to(procs.device)
     original = count_params(model)
     arch0 = architecture(model)
     if not arch0.min_param_count() < cfg.target_params < original:
@@ -159,69 +189,127 @@ def pretrain_prune(model, tokenizer, examples: list[Example], cfg: PretrainPrune
     n_prune = math.ceil((original - cfg.target_params) / quantum)
     total_train = math.ceil(n_prune / cfg.prune_every) * cfg.train_every + cfg.continue_steps
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    cursor = 0
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    config = asdict(cfg)
+    state = {"step": 0, "train_done": 0, "prune_done": 0, "tokens": 0, "cursor": 0, "in_cycle": 0,
+             "plan": Plan.keep_all(arch0).to_dict(), "config": config}
+    log: list[dict] = []
+    optimizer = make_optimizer(model, cfg.lr)
+    if resume:
+        model, opt_state, state = load_checkpoint(ckpt, config, next(model.parameters()).device)
+        optimizer = make_optimizer(model, cfg.lr)
+        if opt_state is not None:
+            optimizer.load_state_dict(opt_state)
+        log = read_log(ckpt, state["step"])
+    procs.barrier()
+    log_file = None
+    if ckpt is not None and procs.is_main:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        log_file = open(ckpt / "log.jsonl", "w")
+        log_file.writelines(json.dumps(e) + "\n" for e in log)
+    device = next(model.parameters()).device
+    plan = Plan.from_dict(state["plan"])
+    net = procs.wrap(model)
 
     def next_batch():
-        nonlocal cursor
-        picked = [examples[order[(cursor + k) % len(order)]] for k in range(cfg.batch_size)]
-        cursor += cfg.batch_size
-        return collate(picked, tokenizer.pad_token_id or 0)
+        picked = [examples[order[(state["cursor"] + k) % len(order)]] for k in range(cfg.batch_size)]
+        state["cursor"] += cfg.batch_size
+        mine, scale = procs.my_share(picked)
+        batch = collate(mine, tokenizer.pad_token_id or 0)
+        state["tokens"] += sum(len(e.input_ids) for e in picked)
+        return {k: v.to(device) for k, v in batch.items()}, scale
 
-    device = next(model.parameters()).device
-    plan = Plan.keep_all(arch0)
-    optimizer = make_optimizer(model, cfg.lr)
-    log, step, train_done, tokens, prune_done = [], 0, 0, 0, 0
-    bar = tqdm(total=n_prune + total_train, desc="pruning-aware training", disable=not progress)
-    while count_params(model) > cfg.target_params or train_done < total_train:
-        for _ in range(cfg.prune_every):
-            params = count_params(model)
-            if params <= cfg.target_params:
+    def record(entry: dict) -> None:
+        log.append(entry)
+        state["step"] += 1
+        bar.update(1)
+        if log_file is not None:
+            log_file.write(json.dumps(entry) + "\n")
+            log_file.flush()
+
+    def checkpoint() -> None:
+        if procs.is_main:
+            save_checkpoint(ckpt, model, tokenizer, optimizer, state | {"plan": plan.to_dict()})
+        procs.barrier()
+
+    bar = tqdm(total=n_prune + total_train, initial=state["step"], desc="pruning-aware training",
+               disable=not (progress and procs.is_main))
+    try:
+        while True:
+            over = count_params(model) > cfg.target_params
+            if not over and state["train_done"] >= total_train:
                 break
-            arch = architecture(model)
-            batch = {k: v.to(device) for k, v in next_batch().items()}
-            tokens += int(batch["attention_mask"].sum())
-            model.zero_grad(set_to_none=True)
-            with input_hessians(model, cfg.obs) as hess:
-                loss = model(**batch, use_cache=False).loss
-            loss.backward()
-            sal = saliency(model, arch, cfg.metric)
-            model.zero_grad(set_to_none=True)
-            budget = min(quantum, params - cfg.target_params)
-            allowed = [t for t in cfg.types if not (t == "stem" and arch.hidden <= 1)]
-            options = {t: candidates(sal, arch, t, budget) for t in allowed}
-            if cfg.fixed_order:
-                kind = cfg.fixed_order[prune_done % len(cfg.fixed_order)]
-                if kind not in options:
-                    options[kind] = candidates(sal, arch, kind, budget)
+            # a cycle: prune_every pruning steps, then train_every training steps (all the rest once on budget)
+            pruning = over and state["in_cycle"] < cfg.prune_every
+            if pruning:
+                step_plan, entry = _pruning_step(procs, net, model, cfg, quantum, next_batch, state)
+                plan = plan.compose(step_plan)
+                net = procs.wrap(model)
+                optimizer = make_optimizer(model, cfg.lr)  # shapes changed; stale moments dropped
+                state["prune_done"] += 1
+                state["in_cycle"] += 1
+            elif state["train_done"] < total_train and (not over or state["in_cycle"] < cfg.prune_every + cfg.train_every):
+                batch, scale = next_batch()
+                lr = learning_rate("wsd", state["train_done"], max(1, total_train), lr=cfg.lr, min_lr=cfg.min_lr)
+                loss = procs.mean(train_step(net, batch, optimizer, lr, loss_scale=scale))
+                state["train_done"] += 1
+                state["in_cycle"] += 1
+                entry = {"type": "train", "loss": loss, "lr": lr}
             else:
-                usable = [t for t in options if options[t][0]]
-                if not usable:
-                    raise SculptError("nothing left to prune: every layer is down to one head and one channel")
-                kind = min(usable, key=lambda t: options[t][1])
-            units = options[kind][0]
-            if cfg.obs and kind in ("attention", "mlp"):
-                apply_obs(model, arch, kind, units, hess)
-            step_plan = plan_for(arch, kind, units)
-            apply_plan(model, step_plan)
-            plan = plan.compose(step_plan)
-            optimizer = make_optimizer(model, cfg.lr)  # shapes changed; stale moments dropped
-            prune_done += 1
-            log.append({"step": step, "tokens": tokens, "loss": loss.item(), "params": count_params(model), "type": kind,
-                        "removed": len(units), "saliency": {t: options[t][1] for t in options}})
-            step += 1
-            bar.update(1)
-        for _ in range(cfg.train_every if count_params(model) > cfg.target_params else total_train - train_done):
-            if train_done >= total_train:
-                break
-            batch = next_batch()
-            tokens += int(batch["attention_mask"].sum())
-            lr = learning_rate("wsd", train_done, max(1, total_train), lr=cfg.lr, min_lr=cfg.min_lr)
-            loss = train_step(model, batch, optimizer, lr)
-            log.append({"step": step, "tokens": tokens, "loss": loss, "params": count_params(model), "type": "train", "lr": lr})
-            train_done += 1
-            step += 1
-            bar.update(1)
-        if cfg.train_every == 0 and count_params(model) <= cfg.target_params:
-            break
-    bar.close()
+                state["in_cycle"] = 0  # cycle complete (or out of training steps): start the next one
+                continue
+            if over and state["in_cycle"] >= cfg.prune_every + cfg.train_every:
+                state["in_cycle"] = 0
+            record({"step": state["step"], "tokens": state["tokens"], "params": count_params(model)} | entry)
+            if stop_after is not None and state["step"] >= stop_after:
+                raise Interrupted(f"stopped after {stop_after} steps")
+            if ckpt is not None and checkpoint_every and state["step"] % checkpoint_every == 0:
+                checkpoint()
+        if ckpt is not None:
+            checkpoint()
+    finally:
+        bar.close()
+        if log_file is not None:
+            log_file.close()
     return model, plan, log
+
+
+class Interrupted(Exception):
+    """Raised by ``stop_after`` to simulate a killed run in tests."""
+
+
+def _pruning_step(procs: Processes, net, model, cfg: PretrainPruneConfig, quantum: float, next_batch, state: dict):
+    """One pruning step on ``model`` in place; returns (the step's plan, its log entry)."""
+    params = count_params(model)
+    arch = architecture(model)
+    batch, scale = next_batch()
+    model.zero_grad(set_to_none=True)
+    with input_hessians(model, cfg.obs or cfg.metric in HESSIAN_METRICS, inputs=cfg.metric in HESSIAN_METRICS) as hess:
+        loss = net(**batch, use_cache=False).loss * scale
+    loss.backward()
+    loss = procs.mean(float(loss.item()))
+    hess = procs.sum_over_processes(dict(hess))  # the whole batch's X Xᵀ
+    decision = None
+    if procs.is_main:
+        sal = saliency(model, arch, cfg.metric, hessians=hess)
+        budget = min(quantum, params - cfg.target_params)
+        allowed = [t for t in cfg.types if not (t == "stem" and arch.hidden <= 1)]
+        options = {t: candidates(sal, arch, t, budget) for t in allowed}
+        if cfg.fixed_order:
+            kind = cfg.fixed_order[state["prune_done"] % len(cfg.fixed_order)]
+            if kind not in options:
+                options[kind] = candidates(sal, arch, kind, budget)
+        else:
+            usable = [t for t in options if options[t][0]]
+            if not usable:
+                raise SculptError("nothing left to prune: every layer is down to one head and one channel")
+            kind = min(usable, key=lambda t: options[t][1])
+        decision = (kind, options[kind][0], {t: options[t][1] for t in options})
+    model.zero_grad(set_to_none=True)
+    kind, units, scores = procs.share(decision)
+    if cfg.obs and kind in ("attention", "mlp") and procs.is_main:  # the others receive the weights via DDP
+        apply_obs(model, arch, kind, [tuple(u) for u in units], hess)
+    step_plan = plan_for(arch, kind, [tuple(u) for u in units])
+    apply_plan(model, step_plan)
+    entry = {"loss": loss, "type": kind, "removed": len(units), "saliency": scores}
+    return step_plan, entry

@@ -3,8 +3,17 @@
 - attention head h of layer l: Σ over o_proj's input columns of h of s(W, g)
 - MLP channel c of layer l: s over down_proj's input column c
 - hidden (stem) channel d: Σ over all layers of o_proj/down_proj output row d, plus embedding column d
-with s = |W·g| ("taylor", LLM-Pruner's first order) or ½·W²·g² ("fisher", OBD's diagonal). Each
-score is divided by the parameters its removal frees, so the three types compete per parameter.
+with s = |W·g| ("taylor", LLM-Pruner's first order) or ½·W²·g² ("fisher", OBD's diagonal).
+
+"obc" (Optimal Brain Compression) scores by the layer-output error left after removing the group
+and optimally updating the rest of the layer, with the proxy Hessian H = X Xᵀ of the layer's inputs
+from the same batch (damped as in pretrain/obs.py):
+- head h: tr(W_P ([H⁻¹]_PP)⁻¹ W_Pᵀ) over o_proj's columns P of the head (block OBS);
+- MLP channel c: Σ_r W[r, c]² / [H⁻¹]_cc over down_proj;
+- stem channel d: the input column d of q/k/v and gate/up (Σ_r W[r, d]² / [H⁻¹]_dd with the
+  attention / MLP input Hessians) plus the output row d of o_proj and down_proj (W[d] H W[d]ᵀ:
+  an output row cannot be compensated), summed over layers.
+Each score is divided by the parameters its removal frees, so the three types compete per parameter.
 """
 
 from __future__ import annotations
@@ -17,7 +26,8 @@ from llmsculpt.errors import SculptError
 from llmsculpt.models.spec import get_path, spec_for
 from llmsculpt.structures.shapes import Architecture
 
-METRICS = ("taylor", "fisher")
+METRICS = ("taylor", "fisher", "obc")
+HESSIAN_METRICS = ("obc",)  # need input Hessians (see loop.input_hessians)
 TYPES = ("attention", "mlp", "stem")
 
 
@@ -45,8 +55,13 @@ def unit_params(arch: Architecture) -> dict[str, float]:
 
 
 @torch.no_grad()
-def saliency(model, arch: Architecture, metric: str = "taylor") -> Saliency:
-    """From the ``.grad`` currently on the parameters (call after a backward pass)."""
+def saliency(model, arch: Architecture, metric: str = "taylor", hessians: dict | None = None) -> Saliency:
+    """From the ``.grad`` currently on the parameters (call after a backward pass), or for "obc"
+    from ``hessians`` {(layer, "o" | "down" | "attn_in" | "mlp_in"): X Xᵀ}."""
+    if metric == "obc":
+        if not hessians:
+            raise SculptError("the obc saliency needs input Hessians from a forward pass")
+        return obc_saliency(model, arch, hessians)
     spec = spec_for(model)
     sizes = unit_params(arch)
     hd = arch.head_dim
@@ -64,3 +79,41 @@ def saliency(model, arch: Architecture, metric: str = "taylor") -> Saliency:
     if embed.weight.grad is not None:
         stem += element(embed.weight, embed.weight.grad, metric).float().sum(0).cpu()
     return Saliency(heads=heads, mlp=mlp, stem=stem / sizes["stem"])
+
+
+def _inverse(h: torch.Tensor) -> torch.Tensor:
+    from llmsculpt.pretrain.obs import damped
+
+    return torch.linalg.inv(damped(h.double()))
+
+
+def _column_errors(weights: list[torch.Tensor], hinv: torch.Tensor) -> torch.Tensor:
+    """Per input column p: Σ over the weights' rows of W[r, p]² / [H⁻¹]_pp."""
+    sq = sum(w.double().pow(2).sum(0).cpu() for w in weights)
+    return sq / hinv.diagonal()
+
+
+@torch.no_grad()
+def obc_saliency(model, arch: Architecture, hessians: dict) -> Saliency:
+    spec = spec_for(model)
+    sizes = unit_params(arch)
+    hd = arch.head_dim
+    heads, mlp = [], []
+    stem = torch.zeros(arch.hidden, dtype=torch.float64)
+    for i, (layer, ls) in enumerate(zip(spec.decoder_layers(model), arch.layers)):
+        q, k, v, o = spec.qkvo(layer)
+        gate, up, down = spec.gate_up_down(layer)
+        h_o, h_down = hessians[(i, "o")].double(), hessians[(i, "down")].double()
+        wo = o.weight.double().cpu()
+        hinv = _inverse(h_o)
+        blocks = hinv.view(ls.n_heads, hd, ls.n_heads, hd).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [n, hd, hd]
+        w_heads = wo.view(wo.shape[0], ls.n_heads, hd).permute(1, 0, 2)  # [n, out, hd]
+        solved = torch.linalg.solve(blocks, w_heads.transpose(1, 2))  # ([H⁻¹]_PP)⁻¹ W_Pᵀ: [n, hd, out]
+        head_err = (w_heads.transpose(1, 2) * solved).sum((1, 2))
+        heads.append((head_err / sizes["attention"]).float())
+        mlp.append((_column_errors([down.weight], _inverse(h_down)) / sizes["mlp"]).float())
+        stem += _column_errors([q.weight, k.weight, v.weight], _inverse(hessians[(i, "attn_in")]))
+        stem += _column_errors([gate.weight, up.weight], _inverse(hessians[(i, "mlp_in")]))
+        wd = down.weight.double().cpu()
+        stem += ((wo @ h_o) * wo).sum(1) + ((wd @ h_down) * wd).sum(1)  # output rows: W[d] H W[d]ᵀ
+    return Saliency(heads=heads, mlp=mlp, stem=(stem / sizes["stem"]).float())

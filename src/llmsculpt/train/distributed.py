@@ -83,6 +83,18 @@ class Processes:
         t = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
         return float(self.accelerator.reduce(t, reduction="mean").item())
 
+    def sum_over_processes(self, tensors: dict) -> dict:
+        """Element-wise sums over processes of a dict of tensors (statistics such as X Xᵀ of each
+        process's slice of the batch add up to those of the whole batch)."""
+        if self.accelerator is None:
+            return tensors
+        out = {}
+        for key in sorted(tensors):
+            t = tensors[key].to(self.accelerator.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+            out[key] = t.to(tensors[key].device)
+        return out
+
     def barrier(self) -> None:
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
