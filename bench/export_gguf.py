@@ -1,10 +1,11 @@
 """llama.cpp speed of the dense and a pruned default model, exported with `sculpt export`.
 
 Prunes SmolLM2-135M by --ratio with the given method (default adaptive, 3 steps), exports both to
-GGUF (f16) and measures llama-cpp-python prefill and decode tokens/s (batch 1), plus the max abs
-difference of next-token logits vs PyTorch on a prompt (f32 export).
+GGUF and measures llama-cpp-python prefill and decode tokens/s (batch 1, best of --repeats, after a
+warm-up) for each --dtypes, plus the max abs difference of all next-token logits vs PyTorch on a
+prompt (f32 export, f32 K/V cache, so the number measures the export and not llama.cpp's f16 cache).
 
-    python bench/export_gguf.py [--ratio 0.5] [--method adaptive]
+    python bench/export_gguf.py [--ratio 0.5] [--method adaptive] [--dtypes f16,q8_0] [--threads 2]
 """
 
 from __future__ import annotations
@@ -19,65 +20,80 @@ import numpy as np
 import torch
 
 from llmsculpt import PruneConfig, prune
-from llmsculpt.io.export_gguf import export_gguf
+from llmsculpt.io.export_gguf import export_gguf, gguf_target
 from llmsculpt.models.loading import load
+from llmsculpt.structures.shapes import architecture, count_params
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "enwiki_sample.txt"
 PROMPT = "The history of the city begins in the early middle ages, when"
 
 
-def speed(path: Path, tok, new_tokens: int = 48) -> tuple[float, float]:
+def speed(path: Path, ids: list[int], *, threads: int, new_tokens: int, repeats: int) -> tuple[float, float]:
+    """Best-of-``repeats`` prefill tokens/s over ``ids`` and greedy decode tokens/s after it."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(path), n_ctx=512, verbose=False, n_threads=2)
-    ids = tok(PROMPT * 4).input_ids[:128]
-    t0 = time.perf_counter()
-    llm.eval(ids)
-    prefill = len(ids) / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for _ in range(new_tokens):
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        llm.eval([nxt])
-    decode = new_tokens / (time.perf_counter() - t0)
+    llm = llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, verbose=False, n_threads=threads,
+                          n_threads_batch=threads)
+    llm.eval(ids[:16])  # warm-up
+    best_pre = best_dec = 0.0
+    for _ in range(repeats):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        best_pre = max(best_pre, len(ids) / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for _ in range(new_tokens):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        best_dec = max(best_dec, new_tokens / (time.perf_counter() - t0))
     llm.close()
-    return prefill, decode
+    return best_pre, best_dec
 
 
-def logit_diff(model, tok, path: Path) -> float:
+def logit_diff(model, ids: list[int], path: Path) -> tuple[float, float]:
+    """Max |PyTorch - llama.cpp| over all positions and the vocabulary, and max |logit| for scale."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False)
-    ids = tok(PROMPT).input_ids
+    llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False, type_k=0, type_v=0)
     llm.eval(ids)
     theirs = np.array(llm.scores[: len(ids)])
     llm.close()
     with torch.no_grad():
         ours = model(torch.tensor([ids])).logits[0].numpy()
-    return float(np.abs(ours - theirs).max())
+    return float(np.abs(ours - theirs).max()), float(np.abs(ours).max())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--method", default="adaptive")
+    ap.add_argument("--dtypes", default="f16,q8_0")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prefill", type=int, default=128, help="prompt tokens for the prefill measurement")
+    ap.add_argument("--decode", type=int, default=64, help="generated tokens for the decode measurement")
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     base = load("smollm2-135m", device="cpu")
     tok = base.tokenizer
     cfg = PruneConfig(method=args.method, ratio=args.ratio, options={"steps": 3} if args.method == "adaptive" else {})
     cfg.data.n_samples = 8
-    pruned = prune(copy.deepcopy(base.model), tokenizer=tok, config=cfg,
-                   calib_text=DATA.read_text(encoding="utf-8")[:1_000_000]).model
-    print("| model | params | layers | llama.cpp prefill tok/s | decode tok/s | max |logit diff| (f32) |")
-    print("|---|---|---|---|---|---|")
+    text = DATA.read_text(encoding="utf-8")[:1_000_000]
+    t0 = time.perf_counter()
+    pruned = prune(copy.deepcopy(base.model), tokenizer=tok, config=cfg, calib_text=text).model
+    print(f"pruned in {time.perf_counter() - t0:.0f} s")
+    bench_ids = tok(text[:20_000], add_special_tokens=False).input_ids[: args.prefill]
+    diff_ids = tok(PROMPT, add_special_tokens=False).input_ids
+    print("| model | params | llama.cpp arch | dtype | file MB | prefill tok/s | decode tok/s | max abs logit diff (f32) |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in (("dense", base.model), (f"{args.method} {args.ratio:.0%}", pruned)):
-            f16 = export_gguf(model, tok, Path(tmp) / f"{name.split()[0]}.f16.gguf", dtype="f16")
-            f32 = export_gguf(model, tok, Path(tmp) / f"{name.split()[0]}.f32.gguf", dtype="f32")
-            pre, dec = speed(f16, tok)
-            from llmsculpt.structures.shapes import architecture, count_params
-
-            kind = "uniform" if architecture(model).is_uniform else "heterogeneous (deci)"
-            print(f"| {name} | {count_params(model):,} | {kind} | {pre:.0f} | {dec:.1f} | {logit_diff(model, tok, f32):.2e} |", flush=True)
+            target = gguf_target(architecture(model))
+            f32 = export_gguf(model, tok, Path(tmp) / "m.f32.gguf", dtype="f32", overwrite=True)
+            diff, scale = logit_diff(model, diff_ids, f32)
+            for dtype in args.dtypes.split(","):
+                path = export_gguf(model, tok, Path(tmp) / f"m.{dtype}.gguf", dtype=dtype, overwrite=True)
+                pre, dec = speed(path, bench_ids, threads=args.threads, new_tokens=args.decode, repeats=args.repeats)
+                print(f"| {name} | {count_params(model):,} | {target.name} | {dtype} | {path.stat().st_size / 2**20:.0f} "
+                      f"| {pre:.0f} | {dec:.1f} | {diff:.1e} (of {scale:.0f}) |", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,15 @@ def run(args: argparse.Namespace) -> int:
     from llmsculpt.structures.shapes import architecture
 
     if args.format == "gguf":
-        from llmsculpt.io.export_gguf import DTYPES, export_gguf
+        from llmsculpt.io.export_gguf import DTYPES, export_gguf, gguf_target
 
         if args.dtype not in DTYPES:  # before loading anything
             raise SculptError(f"unknown dtype {args.dtype!r}; choose one of: {', '.join(DTYPES)}")
         loaded = load(args.model, device="cpu")
         path = export_gguf(loaded.model, loaded.tokenizer, args.out, dtype=args.dtype, overwrite=args.overwrite)
-        arch = architecture(loaded.model)
-        kind = "llama" if arch.is_uniform else "deci (per-layer head counts and FFN widths)"
-        print(f"wrote {path} ({kind}, {args.dtype}); load it with llama.cpp / llama-cpp-python")
+        target = gguf_target(architecture(loaded.model))
+        kind = target.name + (" with per-layer head counts and FFN widths" if target.heterogeneous else "")
+        print(f"wrote {path} (llama.cpp architecture {kind}, {args.dtype}); run it with llama.cpp / llama-cpp-python")
         return 0
     from llmsculpt.io.save import save_pruned
     from llmsculpt.surgery.config import is_vanilla, sync_config
@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
             "this model's layers differ (or its shapes/biases have no vanilla config), so a plain HF config cannot "
             "describe it. It loads with llmsculpt.load(dir), with transformers via "
             "AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True), and in llama.cpp via "
-            "`sculpt export --format gguf` (deci architecture); vLLM and other runtimes need uniform layers"
+            "`sculpt export --format gguf` (deci architecture, llama/mistral families); vLLM and other runtimes need "
+            "uniform layers. A directory saved by llmsculpt already is the format the first two load"
         )
     save_pruned(loaded.model, loaded.tokenizer, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: a plain {loaded.model.config.model_type} config that loads in transformers/vLLM "

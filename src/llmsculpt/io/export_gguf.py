@@ -1,161 +1,224 @@
 """Export to GGUF for llama.cpp, uniform and heterogeneous models.
 
-Uniform Llama-family models are written as the ``llama`` architecture. Models whose layers differ
-are written as ``deci`` (the architecture llama.cpp uses for NVIDIA's Nemotron-51B), which takes
-per-layer arrays for ``head_count``, ``head_count_kv`` and ``feed_forward_length``. Cluster-attention
-layers (uneven query heads per K/V head) are exported by duplicating each K/V head once per query
-head it serves, so in the file that layer has as many K/V heads as query heads (exact; larger KV
-cache). The tokenizer (GPT-2-style BPE, as SmolLM's) is embedded so the file is self-contained.
-Q/K rows are permuted from Hugging Face's rotate-half RoPE layout to llama.cpp's interleaved one.
-Supported: llama and mistral families without q/k/v biases (qwen2/qwen3 are refused with a reason).
+Which llama.cpp architecture a model becomes is decided from its modules (never from its config):
+
+* uniform llama / mistral -> ``llama``; uniform qwen2 -> ``qwen2`` (q/k/v biases); uniform qwen3 ->
+  ``qwen3`` (per-head q/k RMSNorms);
+* heterogeneous llama / mistral (per-layer query heads, K/V heads or MLP widths) -> ``deci`` (the
+  architecture llama.cpp uses for NVIDIA's Nemotron-51B), which takes per-layer arrays for
+  ``head_count``, ``head_count_kv`` and ``feed_forward_length``;
+* heterogeneous qwen2 / qwen3 are refused: llama.cpp has no architecture with per-layer shapes *and*
+  q/k/v biases (qwen2) or q/k norms (qwen3). Export those through the HF format instead.
+
+Cluster-attention layers (query heads mapped unevenly to K/V heads, ``kv_map``) are exported by
+physically duplicating each K/V head once per query head it serves, so in the file that layer has as
+many K/V heads as query heads. The maths is exact; the cost is a larger KV cache for that layer.
+
+Llama-family Q/K rows are permuted from Hugging Face's rotate-half RoPE layout to llama.cpp's
+interleaved one (the ``llama``/``deci`` graphs use normal RoPE); qwen2/qwen3 use NeoX RoPE in llama.cpp,
+which *is* the rotate-half layout, so their rows are written as they are.
+
+The tokenizer (byte-level BPE: SmolLM, Llama-3, Qwen2 style) is embedded so the file is
+self-contained. Tensor types: ``f32``, ``f16`` and ``q8_0`` (norms and biases always stay f32; a
+matrix whose rows are not a multiple of 32 stays f16 in a q8_0 file).
+
+Example:
+    >>> from llmsculpt.models.loading import load
+    >>> loaded = load("smollm2-135m")                                      # doctest: +SKIP
+    >>> export_gguf(loaded.model, loaded.tokenizer, "smollm2.gguf", dtype="q8_0")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from llmsculpt.errors import SculptError
+from llmsculpt.io._gguf_tokenizer import add_tokenizer, check_tokenizer
 from llmsculpt.models.spec import spec_for
-from llmsculpt.structures.shapes import architecture
+from llmsculpt.structures.shapes import Architecture, architecture
 
 DTYPES = ("f32", "f16", "q8_0")
-SUPPORTED = ("llama", "mistral")
+_FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7}  # llama_ftype: ALL_F32, MOSTLY_F16, MOSTLY_Q8_0
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the file will be: llama.cpp architecture name and how tensors are laid out."""
+
+    name: str  # llama | deci | qwen2 | qwen3
+    permute_qk: bool  # llama/deci: HF rotate-half -> llama.cpp interleaved RoPE rows
+    heterogeneous: bool
+
+
+def gguf_target(arch: Architecture) -> Target:
+    """The llama.cpp architecture for ``arch``, or a SculptError saying why there is none."""
+    mt, het = arch.model_type, not arch.is_uniform
+    if arch.o_bias or arch.mlp_bias or arch.down_bias:
+        raise SculptError(f"GGUF export: this {mt} model has biases on o_proj or the MLP, which the llama.cpp "
+                          "graphs for this family do not have; export with --format hf instead")
+    if mt in ("llama", "mistral"):
+        if arch.qkv_bias:
+            raise SculptError(f"GGUF export: this {mt} model has q/k/v biases (attention_bias), which llama.cpp's "
+                              "llama/deci graphs do not load; export with --format hf instead")
+        return Target("deci" if het else "llama", permute_qk=True, heterogeneous=het)
+    if mt in ("qwen2", "qwen3"):
+        if het:
+            raise SculptError(
+                f"GGUF export of a heterogeneous {mt} model is not supported: llama.cpp's only architecture with "
+                f"per-layer head counts and MLP widths (deci) has no {'q/k/v biases' if mt == 'qwen2' else 'q/k norms'}. "
+                "Uniform qwen2/qwen3 models export fine; for this one use --format hf "
+                "(llmsculpt.load or transformers with trust_remote_code=True)"
+            )
+        return Target(mt, permute_qk=False, heterogeneous=False)
+    raise SculptError(f"GGUF export supports llama, mistral, qwen2 and qwen3 models, not {mt!r}")
+
+
+def _rope_theta(cfg) -> float:
+    params = getattr(cfg, "rope_parameters", None) or {}
+    kind = params.get("rope_type", "default")
+    if kind != "default" or getattr(cfg, "rope_scaling", None) not in (None, {}, params):
+        raise SculptError(f"GGUF export supports plain RoPE only; this model uses rope scaling {kind!r}")
+    return float(params.get("rope_theta") or getattr(cfg, "rope_theta", None) or 10000.0)
 
 
 def _permute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """HF rotate-half layout -> llama.cpp interleaved layout, per head (rows of q_proj / k_proj)."""
+    """Per head, reorder rows from HF's rotate-half layout [x0..x_{d/2-1}, y0..] to interleaved [x0, y0, x1, y1..]."""
     hd = w.shape[0] // n_heads
-    return w.reshape(n_heads, 2, hd // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return w.reshape(n_heads, 2, hd // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def _tokenizer_metadata(writer, tokenizer) -> None:
+def _array(t: torch.Tensor, dtype: str):
+    """numpy data and (for q8_0) the ggml type for one tensor; 1-D tensors stay f32."""
     import gguf
 
-    backend = json.loads(tokenizer.backend_tokenizer.to_str()) if hasattr(tokenizer, "backend_tokenizer") else None
-    if not backend or backend.get("model", {}).get("type") != "BPE":
-        raise SculptError("GGUF export supports byte-level BPE tokenizers (GPT-2 style, as SmolLM/Llama-3) only")
-    vocab = backend["model"]["vocab"]
-    added = {t["id"]: t for t in backend.get("added_tokens", [])}
-    n = max(max(vocab.values()), max(added, default=-1)) + 1
-    tokens = [f"[PAD{i}]" for i in range(n)]
-    types = [gguf.TokenType.UNUSED] * n
-    for tok, i in vocab.items():
-        tokens[i], types[i] = tok, gguf.TokenType.NORMAL
-    for i, t in added.items():
-        tokens[i] = t["content"]
-        types[i] = gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED
-    merges = backend["model"].get("merges", [])
-    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm" if "smollm" in (tokenizer.name_or_path or "").lower() or n == 49152 else "llama-bpe")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    for key, value in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id), ("pad", tokenizer.pad_token_id),
-                       ("unk", tokenizer.unk_token_id)):
-        if value is not None:
-            getattr(writer, f"add_{key}_token_id")(int(value))
-    if getattr(tokenizer, "chat_template", None):
-        writer.add_chat_template(tokenizer.chat_template)
+    a = t.detach().to(device="cpu", dtype=torch.float32).numpy()
+    if a.ndim == 1 or dtype == "f32":
+        return a, None
+    if dtype == "q8_0" and a.shape[-1] % 32 == 0:
+        return gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    return a.astype(np.float16), None
 
 
-def _array(t: torch.Tensor, dtype: str, *, matrix: bool):
-    import gguf
+def export_gguf(
+    model, tokenizer, out: str | os.PathLike, *, dtype: str = "f16", overwrite: bool = False,
+    pre_tokenizer: str | None = None,
+) -> Path:
+    """Write ``model`` + ``tokenizer`` to one GGUF file that llama.cpp loads.
 
-    a = t.detach().float().cpu().numpy()
-    if not matrix or dtype == "f32":
-        return a.astype(np.float32), None
-    if dtype == "f16":
-        return a.astype(np.float16), None
-    if a.shape[-1] % 32:
-        return a.astype(np.float16), None  # q8_0 needs rows in blocks of 32: keep this one in f16
-    return gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
-
-
-def export_gguf(model, tokenizer, out: str | os.PathLike, *, dtype: str = "f16", overwrite: bool = False) -> Path:
-    """Write ``model`` + ``tokenizer`` to a GGUF file atomically (temp file, then rename)."""
+    The file appears atomically (temp file in the target directory, then rename); on any error no
+    file is left behind. Every check (dtype, architecture, tokenizer, output path) runs before
+    anything is written. ``pre_tokenizer`` overrides llama.cpp's pre-tokenizer name
+    (``tokenizer.ggml.pre``), which is otherwise derived from the tokenizer.
+    """
     import gguf
 
     if dtype not in DTYPES:
-        raise SculptError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+        raise SculptError(f"unknown GGUF dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     spec = spec_for(model)
     arch = architecture(model)
-    if arch.model_type not in SUPPORTED or arch.qkv_bias or arch.o_bias or arch.down_bias or arch.mlp_bias:
-        raise SculptError(
-            f"GGUF export supports {', '.join(SUPPORTED)} models without projection biases; this is "
-            f"{arch.model_type}{' with biases' if arch.qkv_bias or arch.o_bias or arch.down_bias else ''}"
-        )
+    target = gguf_target(arch)
+    cfg = model.config
+    rope_theta = _rope_theta(cfg)
+    pre = check_tokenizer(tokenizer, vocab=arch.vocab, pre_tokenizer=pre_tokenizer)
     out = Path(out)
+    if out.is_dir():
+        raise SculptError(f"{out} is a directory; give a file name ending in .gguf")
     if out.exists() and not overwrite:
         raise SculptError(f"{out} exists; pass --overwrite to replace it")
-    if not out.parent.exists():
+    if not out.parent.is_dir():
         raise SculptError(f"directory {out.parent} does not exist")
-    cfg = model.config
-    heterogeneous = not arch.is_uniform
-    name = "deci" if heterogeneous else "llama"
-    hd = arch.head_dim
+
+    hd, het = arch.head_dim, target.heterogeneous
     heads = [ls.n_heads for ls in arch.layers]
-    kv = [ls.n_kv if ls.is_grouped_evenly else ls.n_heads for ls in arch.layers]
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    kv = [ls.n_kv if ls.is_grouped_evenly else ls.n_heads for ls in arch.layers]  # duplicated K/V heads
+    ffn = [ls.mlp for ls in arch.layers]
+    ctx = int(cfg.max_position_embeddings)
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        ctx = min(ctx, int(cfg.sliding_window))  # llama.cpp's llama graph has no window: exact up to it
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
+    writer = None
     try:
-        w = gguf.GGUFWriter(tmp, name)
-        w.add_name("llmsculpt export")
-        w.add_context_length(int(cfg.max_position_embeddings))
-        w.add_embedding_length(arch.hidden)
-        w.add_block_count(len(arch.layers))
-        w.add_feed_forward_length([ls.mlp for ls in arch.layers] if heterogeneous else arch.layers[0].mlp)
-        w.add_head_count(heads if heterogeneous else heads[0])
-        w.add_head_count_kv(kv if heterogeneous else kv[0])
-        w.add_key_length(hd)
-        w.add_value_length(hd)
-        w.add_rope_dimension_count(hd)
-        w.add_rope_freq_base(float(getattr(cfg, "rope_theta", None) or cfg.rope_parameters.get("rope_theta", 10000.0)))
-        w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-        w.add_vocab_size(arch.vocab)
-        w.add_file_type({"f32": 0, "f16": 1, "q8_0": 7}[dtype])
-        _tokenizer_metadata(w, tokenizer)
-        embed = model.get_input_embeddings().weight
-        _add(w, "token_embd.weight", embed, dtype, matrix=True)
-        _add(w, "output_norm.weight", model.model.norm.weight, dtype, matrix=False)
+        writer = gguf.GGUFWriter(tmp, target.name)
+        writer.add_name(f"llmsculpt {arch.model_type} export")
+        writer.add_context_length(ctx)
+        writer.add_embedding_length(arch.hidden)
+        writer.add_block_count(len(arch.layers))
+        writer.add_feed_forward_length(ffn if het else ffn[0])
+        writer.add_head_count(heads if het else heads[0])
+        writer.add_head_count_kv(kv if het else kv[0])
+        writer.add_key_length(hd)
+        writer.add_value_length(hd)
+        writer.add_rope_dimension_count(hd)
+        writer.add_rope_freq_base(rope_theta)
+        writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+        writer.add_vocab_size(arch.vocab)
+        writer.add_file_type(_FILE_TYPE[dtype])
+        add_tokenizer(writer, tokenizer, pre=pre, vocab=arch.vocab)
+
+        def add(name: str, t: torch.Tensor) -> None:
+            data, qtype = _array(t, dtype)
+            if qtype is None:
+                writer.add_tensor(name, data)
+            else:
+                writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
+
+        add("token_embd.weight", model.get_input_embeddings().weight)
+        add("output_norm.weight", model.model.norm.weight)
         if not arch.tied:
-            _add(w, "output.weight", model.lm_head.weight, dtype, matrix=True)
+            add("output.weight", model.lm_head.weight)
         for i, (layer, ls) in enumerate(zip(spec.decoder_layers(model), arch.layers)):
-            q, k, v, o = spec.qkvo(layer)
-            gate, up, down = spec.gate_up_down(layer)
-            kw, vw = k.weight, v.weight
-            if not ls.is_grouped_evenly:  # cluster attention: one K/V head per query head
-                idx = torch.tensor([j * hd + d for j in ls.kv_map for d in range(hd)])
-                kw, vw = kw[idx], vw[idx]
-            _add(w, f"blk.{i}.attn_norm.weight", layer.input_layernorm.weight, dtype, matrix=False)
-            _add(w, f"blk.{i}.attn_q.weight", _permute_rope(q.weight, ls.n_heads), dtype, matrix=True)
-            _add(w, f"blk.{i}.attn_k.weight", _permute_rope(kw, kv[i]), dtype, matrix=True)
-            _add(w, f"blk.{i}.attn_v.weight", vw, dtype, matrix=True)
-            _add(w, f"blk.{i}.attn_output.weight", o.weight, dtype, matrix=True)
-            _add(w, f"blk.{i}.ffn_norm.weight", layer.post_attention_layernorm.weight, dtype, matrix=False)
-            _add(w, f"blk.{i}.ffn_gate.weight", gate.weight, dtype, matrix=True)
-            _add(w, f"blk.{i}.ffn_up.weight", up.weight, dtype, matrix=True)
-            _add(w, f"blk.{i}.ffn_down.weight", down.weight, dtype, matrix=True)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
+            _add_layer(add, spec, layer, ls, i, hd=hd, n_kv=kv[i], target=target)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        writer = None
         os.replace(tmp, out)
     finally:
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - the original error is the one worth reporting
+                pass
         if os.path.exists(tmp):
             os.remove(tmp)
     return out
 
 
-def _add(writer, name: str, t: torch.Tensor, dtype: str, *, matrix: bool) -> None:
-    data, qtype = _array(t, dtype, matrix=matrix)
-    if qtype is None:
-        writer.add_tensor(name, data)
-    else:
-        writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
+def _add_layer(add, spec, layer, ls, i: int, *, hd: int, n_kv: int, target: Target) -> None:
+    q, k, v, o = spec.qkvo(layer)
+    gate, up, down = spec.gate_up_down(layer)
+    rows = None
+    if not ls.is_grouped_evenly:  # cluster attention: one copy of its K/V head per query head
+        rows = torch.tensor([j * hd + d for j in ls.kv_map for d in range(hd)])
+    kw, vw = (k.weight, v.weight) if rows is None else (k.weight[rows], v.weight[rows])
+    kb, vb = k.bias, v.bias
+    if rows is not None and kb is not None:
+        kb, vb = kb[rows], vb[rows]
+    qw, qb = q.weight, q.bias
+    if target.permute_qk:
+        qw, kw = _permute_rope(qw, ls.n_heads), _permute_rope(kw, n_kv)
+    norm_in, norm_post = spec.layer_norms
+    add(f"blk.{i}.attn_norm.weight", getattr(layer, norm_in).weight)
+    add(f"blk.{i}.attn_q.weight", qw)
+    add(f"blk.{i}.attn_k.weight", kw)
+    add(f"blk.{i}.attn_v.weight", vw)
+    if qb is not None:  # qwen2 (gguf_target refuses biases for the RoPE-permuted families)
+        add(f"blk.{i}.attn_q.bias", qb)
+        add(f"blk.{i}.attn_k.bias", kb)
+        add(f"blk.{i}.attn_v.bias", vb)
+    for hf_name, gguf_name in zip(spec.head_norms, ("attn_q_norm", "attn_k_norm")):  # qwen3
+        add(f"blk.{i}.{gguf_name}.weight", getattr(spec.attention(layer), hf_name).weight)
+    add(f"blk.{i}.attn_output.weight", o.weight)
+    add(f"blk.{i}.ffn_norm.weight", getattr(layer, norm_post).weight)
+    add(f"blk.{i}.ffn_gate.weight", gate.weight)
+    add(f"blk.{i}.ffn_up.weight", up.weight)
+    add(f"blk.{i}.ffn_down.weight", down.weight)
