@@ -63,8 +63,9 @@ def _print_table(results: dict, ratios: dict | None, args: argparse.Namespace) -
     first = results["model"]
     title = f"speed on {first.device}: {first.prompt_len}-token prompts, {first.new_tokens} decode steps"
     table = Table(title=title)
-    for col in ("model", "batch", "prefill tok/s", "decode tok/s", "peak MiB", "params", "GFLOPs/token"):
-        table.add_column(col, justify="right")
+    table.add_column("model", overflow="fold")  # long paths wrap; numbers never get cut
+    for col in ("batch", "prefill tok/s", "decode tok/s", "peak MiB", "params", "GFLOPs/token"):
+        table.add_column(col, justify="right", no_wrap=True)
     for name, res in results.items():
         label = args.model if name == "model" else args.baseline
         for pt in res.points:
