@@ -7,6 +7,7 @@ import torch
 
 from llmsculpt.errors import SculptError
 from llmsculpt.methods.adapt_accel import Interrupted, run_accel
+from llmsculpt.train.trainer import train_step
 from llmsculpt.structures.shapes import count_params
 from llmsculpt.testing import tiny_tokenizer
 from llmsculpt.train.data import IGNORE, load_examples
@@ -71,11 +72,25 @@ def test_two_phase_run_reaches_target_and_logs(tmp_path):
     assert len([line for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines() if line]) == len(log)
 
 
-def test_kill_and_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_kill_and_resume_matches_uninterrupted(tmp_path, mode, monkeypatch):
+    def _run(tmp_path, name, **kw):
+        model, tok, examples, cfg = accel_case(tmp_path / "t.txt", mode=mode)
+        return run_accel(model, tok, examples, cfg, checkpoint_dir=tmp_path / name, progress=False, **kw)
+
     full, _, full_log = _run(tmp_path, "full")
     with pytest.raises(Interrupted):
         _run(tmp_path, "cut", stop_after=len(full_log) - 2)  # dies mid-phase, after a checkpoint
+    if mode == "lora":  # the adapters of the phase in progress were checkpointed on top of its base
+        assert (tmp_path / "cut" / "adapters" / "adapters.pt").is_file()
+    import llmsculpt.methods.adapt_accel as accel
+
+    calls = []
+    monkeypatch.setattr(accel, "train_step", lambda *a, **k: calls.append(1) or train_step(*a, **k))
     resumed, _, log = _run(tmp_path, "cut", resume=True)
+    # checkpoints every 3 steps; killed 2 steps before the end, just before the checkpoint it would write
+    last_checkpoint = (len(full_log) - 3) // 3 * 3
+    assert len(calls) == len(full_log) - last_checkpoint  # continued from there, not from the phase start
     assert [e["step"] for e in log] == [e["step"] for e in full_log]
     for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), n

@@ -7,7 +7,8 @@ phases. After every pruning the AdamW optimiser is re-created (shapes change; se
 train/trainer.py). Checkpoints (model, optimiser, RNG-free state: the data order is a function of
 the seed) are written atomically after every phase and every ``checkpoint_every`` steps to
 ``<out>.ckpt/``; ``resume=True`` continues from there with the same data order and schedule.
-LoRA mode merges the adapters before each pruning and checkpoints at phase ends only.
+LoRA mode merges the adapters before each pruning; within a phase its checkpoints hold the phase's
+frozen base (written once after the pruning) plus the adapters and optimiser state.
 
 Launched with several processes (``torchrun``/``accelerate launch``), training is data-parallel
 (DDP through accelerate, see train/distributed.py): each process trains on its slice of every global
@@ -33,7 +34,7 @@ from llmsculpt.methods.base import PruneContext, get_method
 from llmsculpt.plan import Plan
 from llmsculpt.structures.shapes import architecture, count_params
 from llmsculpt.surgery import apply_plan
-from llmsculpt.train.checkpoint import load_checkpoint, read_log, save_checkpoint
+from llmsculpt.train.checkpoint import load_adapters, load_checkpoint, read_log, save_adapters, save_checkpoint
 from llmsculpt.train.data import Example, collate
 from llmsculpt.train.distributed import Processes
 from llmsculpt.train.phases import data_shares, phase_targets
@@ -126,7 +127,17 @@ def run_accel(
     optimizer = None
     if resume:
         model, opt_state, state = load_checkpoint(ckpt, asdict(cfg), next(model.parameters()).device)
-        if opt_state is not None:
+        if cfg.mode == "lora" and state["pruned"]:  # a LoRA phase had begun on this (pruned) base
+            from peft import set_peft_model_state_dict
+
+            model = _seeded_lora(model, cfg.seed + state["phase"])
+            optimizer = make_optimizer(model, cfg.lr)
+            found = load_adapters(ckpt, state)
+            if found is not None:
+                adapters, opt_state, state = found
+                set_peft_model_state_dict(model, adapters)
+                optimizer.load_state_dict(opt_state)
+        elif opt_state is not None:
             optimizer = make_optimizer(model, cfg.lr)
             optimizer.load_state_dict(opt_state)
         log = read_log(ckpt, state["global_step"])
@@ -155,11 +166,12 @@ def run_accel(
                 if count_params(model) > targets[phase]:
                     step = _prune_once(procs, model, tokenizer, pcfg, calib)
                     plan = plan.compose(step)
-                if cfg.mode == "lora":
-                    model = add_lora(model)
+                state.update(pruned=True, step_in_phase=0, plan=plan.to_dict())
+                if cfg.mode == "lora":  # the phase's frozen base; later checkpoints add only adapters
+                    _checkpoint(procs, ckpt, model, tokenizer, None, state)
+                    model = _seeded_lora(model, cfg.seed + phase)
                 net = procs.wrap(model)
                 optimizer = make_optimizer(model, cfg.lr)
-                state.update(pruned=True, step_in_phase=0, plan=plan.to_dict())
             for k in range(state["step_in_phase"], steps[phase]):
                 mine, scale = procs.my_share(data[k * cfg.batch_size : (k + 1) * cfg.batch_size])
                 batch = collate(mine, tokenizer.pad_token_id or 0)
@@ -177,8 +189,13 @@ def run_accel(
                 bar.set_postfix(phase=phase + 1, loss=f"{loss:.3f}", params=f"{entry['params'] / 1e6:.1f}M")
                 if stop_after is not None and state["global_step"] >= stop_after:
                     raise Interrupted(f"stopped after {stop_after} steps")
-                if cfg.mode == "full" and cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
-                    _checkpoint(procs, ckpt, model, tokenizer, optimizer, state)
+                if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
+                    if cfg.mode == "full":
+                        _checkpoint(procs, ckpt, model, tokenizer, optimizer, state)
+                    else:
+                        if procs.is_main:
+                            save_adapters(ckpt, model, optimizer, state)
+                        procs.barrier()
             model = merge_lora(model)
             net = procs.wrap(model) if cfg.mode == "lora" else net
             if cfg.mode == "lora":
@@ -190,6 +207,13 @@ def run_accel(
         if log_file is not None:
             log_file.close()
     return model, plan, log
+
+
+def _seeded_lora(model, seed: int):
+    """LoRA adapters with a seeded initialisation, so a resumed phase starts from the same ones."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return add_lora(model)
 
 
 def _checkpoint(procs: Processes, ckpt: Path, model, tokenizer, optimizer, state: dict) -> None:

@@ -5,6 +5,10 @@ optimiser state and ``state.json`` (counters, the composed plan, the run's confi
 checkpoint is written to ``last.tmp`` and swapped in with renames, so a run killed at any moment
 leaves a complete checkpoint: ``last``, or ``last.old`` if it died between the two renames.
 ``<dir>/log.jsonl`` is the run's log; on resume, entries after the checkpoint are dropped.
+
+LoRA training keeps its base weights frozen, so within a phase only the adapters and the optimiser
+change: ``<dir>/adapters/`` (written the same atomic way) holds those and the run state, on top of
+the base model in ``last``; it is only used when it continues the phase ``last`` starts.
 """
 
 from __future__ import annotations
@@ -20,30 +24,62 @@ from llmsculpt.errors import SculptError
 
 
 def save_checkpoint(directory: Path, model, tokenizer, optimizer, state: dict) -> None:
-    from llmsculpt.io.save import write_model_files
-
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "last.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     from transformers.utils import logging as hf_logging
 
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Writing model shards" bar every few steps
-    try:
-        write_model_files(model, tokenizer, tmp)
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state))
-    old = directory / "last.old"
-    if (directory / "last").exists():
+    from llmsculpt.io.save import write_model_files
+
+    def fill(tmp: Path) -> None:
+        was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar every few steps
+        try:
+            write_model_files(model, tokenizer, tmp)
+        finally:
+            if was_on:
+                hf_logging.enable_progress_bar()
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state))
+
+    _swap_in(directory, "last", fill)
+
+
+def _swap_in(directory: Path, name: str, fill) -> None:
+    """Write ``directory/name`` atomically: ``fill(tmp)``, then rename over the previous one."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp, old = directory / f"{name}.tmp", directory / f"{name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    fill(tmp)
+    if (directory / name).exists():
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory / "last", old)
-    os.replace(tmp, directory / "last")
+        os.replace(directory / name, old)
+    os.replace(tmp, directory / name)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def save_adapters(directory: Path, model, optimizer, state: dict) -> None:
+    """Checkpoint a LoRA phase in progress: adapter weights, optimiser state and run state."""
+    from peft import get_peft_model_state_dict
+
+    def fill(tmp: Path) -> None:
+        torch.save({k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}, tmp / "adapters.pt")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state))
+
+    _swap_in(directory, "adapters", fill)
+
+
+def load_adapters(directory: Path, base_state: dict) -> tuple[dict, dict, dict] | None:
+    """(adapter weights, optimiser state, run state) if ``<dir>/adapters`` continues the phase that
+    the base checkpoint (run state ``base_state``) starts; else None."""
+    where = directory / "adapters"
+    if not (where / "state.json").is_file():
+        return None
+    state = json.loads((where / "state.json").read_text())
+    if not (base_state.get("pruned") and state.get("phase") == base_state.get("phase")
+            and state.get("global_step", 0) > base_state.get("global_step", 0)):
+        return None
+    return torch.load(where / "adapters.pt"), torch.load(where / "optimizer.pt"), state
 
 
 def latest(directory: Path) -> Path:
