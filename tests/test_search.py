@@ -58,3 +58,15 @@ def test_search_cli_writes_outputs(tmp_path, capsys):
     assert {"best.yaml", "study.db", "trials_tpe.csv", "history.png"} <= {p.name for p in (tmp_path / "st").iterdir()}
     assert main(["prune", "--config", str(tmp_path / "st" / "best.yaml"), "--no-eval", "--out", str(tmp_path / "m")]) == 0
     assert main(args[:-2] + ["--pool-size", "1", "--study", str(tmp_path / "bad")]) == 2
+
+
+def test_tpe_models_the_results_after_a_few_random_trials(objective, tmp_path):
+    """With a small budget TPE must get past its random start-up phase, else it *is* random search."""
+    from llmsculpt.search.study import make_sampler, startup_trials
+
+    assert [startup_trials(n) for n in (4, 8, 20, 40, 100)] == [3, 3, 5, 10, 10]
+    assert make_sampler("tpe", 0, 20)._n_startup_trials == 5
+    tpe = run_study(objective, tmp_path / "tpe", sampler="tpe", trials=5)
+    rnd = run_study(objective, tmp_path / "rnd", sampler="random", trials=5)
+    same = [a.params == b.params for a, b in zip(tpe.trials, rnd.trials)]
+    assert same[:3] == [True] * 3 and not all(same)  # shared seeded start, then TPE proposes its own
