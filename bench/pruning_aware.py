@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -53,20 +54,25 @@ def main() -> None:
     print("| run | params | held-out ppl | seconds | architecture (sums over layers) |")
     print("|---|---|---|---|---|")
     t0 = time.perf_counter()
-    cfg = PretrainPruneConfig(target_params=target, ratio="1:1", quantum=0.03, lr=args.lr, min_lr=args.lr / 10)
+    original = count_params(base.model)
+    n_prune = math.ceil((original - target) / (0.03 * original))
+    # every block is used once: the training steps left after the pruning phase continue training
+    cfg = PretrainPruneConfig(target_params=target, ratio="1:1", quantum=0.03, lr=args.lr, min_lr=args.lr / 10,
+                              continue_steps=max(0, len(examples) // 4 - 2 * n_prune))
     m, _, log = pretrain_prune(copy.deepcopy(base.model), tok, examples, cfg, progress=False)
     trained = sum(1 for e in log if e["type"] == "train")
-    print(f"| pruning-aware (1:1, {trained} train steps) | {count_params(m):,} | "
+    print(f"| pruning-aware (1:1, {trained} train steps, {len(log) * 4} blocks) | {count_params(m):,} | "
           f"{perplexity(m, tok, held, max_windows=args.max_windows).ppl:.2f} | {time.perf_counter() - t0:.0f} | {describe(m)} |", flush=True)
-    t0 = time.perf_counter()
-    cut = PruneConfig(method="uniform", target_params=target)
-    cut.data.n_samples = 8
-    one = prune(copy.deepcopy(base.model), tokenizer=tok, config=cut, calib_text=text[:1_000_000]).model
-    used = examples[: trained * 4 + sum(1 for e in log if e["type"] != "train") * 4]
-    one, _ = finetune(one, tok, used, epochs=1, lr=args.lr, min_lr=args.lr / 10, lora=False, progress=False)
-    print(f"| one-shot uniform then train (same tokens) | {count_params(one):,} | "
-          f"{perplexity(one, tok, held, max_windows=args.max_windows).ppl:.2f} | {time.perf_counter() - t0:.0f} | {describe(one)} |", flush=True)
-
+    used = examples[: len(log) * 4]  # the same blocks (pruning steps also consumed a batch each)
+    for method, options in (("uniform", {}), ("adaptive", {"steps": 3})):
+        t0 = time.perf_counter()
+        cut = PruneConfig(method=method, target_params=target, options=options)
+        cut.data.n_samples = 8
+        one = prune(copy.deepcopy(base.model), tokenizer=tok, config=cut, calib_text=text[:1_000_000]).model
+        one, _ = finetune(one, tok, used, epochs=1, lr=args.lr, min_lr=args.lr / 10, lora=False, progress=False)
+        print(f"| one-shot {method} then train ({len(used)} blocks) | {count_params(one):,} | "
+              f"{perplexity(one, tok, held, max_windows=args.max_windows).ppl:.2f} | {time.perf_counter() - t0:.0f} | "
+              f"{describe(one)} |", flush=True)
 
 if __name__ == "__main__":
     main()
