@@ -117,6 +117,15 @@ def test_cli_end_to_end(tmp_path, capsys):
     lines = (out / "trajectory.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["type"] in ("attention", "mlp", "stem")
     assert (out / "trajectory.png").exists()
+    first = (out / "model.safetensors").read_bytes()
+    # --resume picks the run up from <out>.ckpt (here: its final checkpoint, so nothing is left to do)
+    assert main(["pretrain-prune", "--model", "tiny-llama", "--target-params", "110000", "--data", str(corpus),
+                 "--seq-len", "32", "--quantum", "0.05", "--out", str(out), "--resume", "--overwrite"]) == 0
+    assert (out / "model.safetensors").read_bytes() == first
+    assert len((out / "trajectory.jsonl").read_text().splitlines()) == len(lines)
+    assert main(["pretrain-prune", "--model", "tiny-llama", "--target-params", "110000", "--data", str(corpus),
+                 "--seq-len", "32", "--out", str(tmp_path / "fresh"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
     assert main(["pretrain-prune", "--model", "tiny-llama", "--target-params", "110000", "--data", str(corpus),
                  "--ratio", "x", "--out", str(tmp_path / "bad")]) == 2
 
