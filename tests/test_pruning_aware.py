@@ -11,14 +11,15 @@ from transformers import AutoModelForCausalLM
 from llmsculpt.errors import SculptError
 from llmsculpt.io.save import save_pruned
 from llmsculpt.models.loading import load
-from llmsculpt.pretrain.loop import PretrainPruneConfig, apply_obs, input_hessians, plan_for, pretrain_prune
-from llmsculpt.pretrain.obs import obs_remove_columns
+from llmsculpt.pretrain.groups import plan_for
+from llmsculpt.pretrain.loop import PretrainPruneConfig, pretrain_prune
+from llmsculpt.pretrain.obs import apply_obs, input_hessians, obs_remove_columns
 from llmsculpt.structures.shapes import architecture, count_params
 from llmsculpt.surgery import apply_plan
 from llmsculpt.testing import tiny_model, tiny_tokenizer
 from llmsculpt.testing.masking import mask_plan
 
-from _runs import pretrain_case, token_blocks as examples
+from _runs import token_blocks as examples
 
 X = torch.randint(4, 128, (2, 16), generator=torch.Generator().manual_seed(0))
 

@@ -15,7 +15,7 @@ import torch
 
 from llmsculpt.errors import SculptError
 from llmsculpt.importance.groups import GroupScores, LayerScores
-from llmsculpt.plan import LayerPlan, Plan
+from llmsculpt.plan import Plan
 from llmsculpt.structures.shapes import Architecture, LayerShape
 
 MAX_SPARSITY = 0.99

@@ -7,18 +7,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from llmsculpt.errors import SculptError
-from llmsculpt.models.spec import spec_for
 from llmsculpt.plan import Plan
-from llmsculpt.pretrain.obs import obs_remove_columns
-from llmsculpt.pretrain.saliency import HESSIAN_METRICS, TYPES, Saliency, saliency, unit_params
-from llmsculpt.structures.shapes import Architecture, architecture, count_params
+from llmsculpt.pretrain.groups import candidates, plan_for
+from llmsculpt.pretrain.obs import apply_obs, input_hessians
+from llmsculpt.pretrain.saliency import HESSIAN_METRICS, TYPES, saliency
+from llmsculpt.structures.shapes import architecture, count_params
 from llmsculpt.surgery import apply_plan
 from llmsculpt.train.checkpoint import load_checkpoint, read_log, save_checkpoint
 from llmsculpt.train.data import Example, collate
@@ -52,102 +51,6 @@ class PretrainPruneConfig:
         bad = set(self.types) - set(TYPES) | set(self.fixed_order or ()) - set(TYPES)
         if bad:
             raise SculptError(f"unknown mini-group types {sorted(bad)}; choose from {', '.join(TYPES)}")
-
-
-def _lowest_until(scores: list[tuple[float, tuple]], budget: float, size: float, limit_ok) -> tuple[list[tuple], float]:
-    """Take the lowest-scored units (respecting ``limit_ok``) until ``budget`` parameters."""
-    taken, total = [], 0.0
-    for value, key in sorted(scores, key=lambda s: s[0]):
-        if total >= budget:
-            break
-        if not limit_ok(key, taken):
-            continue
-        taken.append(key)
-        total += size
-    mean = sum(v for v, k in scores if k in set(taken)) / max(1, len(taken))
-    return taken, mean
-
-
-def candidates(sal: Saliency, arch: Architecture, kind: str, budget: float) -> tuple[list[tuple], float]:
-    """The units of ``kind`` a pruning step would remove, and their mean saliency per parameter."""
-    size = unit_params(arch)[kind]
-    if kind == "attention":
-        scores = [(float(v), (i, h)) for i, t in enumerate(sal.heads) for h, v in enumerate(t.tolist())]
-        per_layer = {i: ls.n_heads for i, ls in enumerate(arch.layers)}
-        ok = lambda key, taken: sum(1 for k in taken if k[0] == key[0]) < per_layer[key[0]] - 1  # noqa: E731
-    elif kind == "mlp":
-        scores = [(float(v), (i, c)) for i, t in enumerate(sal.mlp) for c, v in enumerate(t.tolist())]
-        per_layer = {i: ls.mlp for i, ls in enumerate(arch.layers)}
-        ok = lambda key, taken: sum(1 for k in taken if k[0] == key[0]) < per_layer[key[0]] - 1  # noqa: E731
-    else:
-        scores = [(float(v), (d,)) for d, v in enumerate(sal.stem.tolist())]
-        ok = lambda key, taken: len(taken) < arch.hidden - 1  # noqa: E731
-    return _lowest_until(scores, budget, size, ok)
-
-
-def plan_for(arch: Architecture, kind: str, units: list[tuple]) -> Plan:
-    """The plan removing ``units`` of one mini-group type. Heads go one by one (cluster attention):
-    a K/V head stays while any of its query heads does."""
-    plan = Plan.keep_all(arch)
-    if kind == "stem":
-        gone = {u[0] for u in units}
-        plan.hidden = [d for d in range(arch.hidden) if d not in gone]
-        return plan
-    for i, ls in enumerate(arch.layers):
-        gone = {u[1] for u in units if u[0] == i}
-        if not gone:
-            continue
-        lp = plan.layers[i]
-        if kind == "attention":
-            lp.heads = [h for h in range(ls.n_heads) if h not in gone]
-            lp.kv_heads = sorted({ls.kv_map[h] for h in lp.heads})
-        else:
-            lp.mlp = [c for c in range(ls.mlp) if c not in gone]
-    return plan
-
-
-@contextmanager
-def input_hessians(model, enabled: bool, *, inputs: bool = False):
-    """H = Σ x xᵀ of every o_proj and down_proj input during the forward passes inside; with
-    ``inputs`` also of the attention and MLP inputs (q_proj's and gate_proj's), keyed "attn_in"/"mlp_in"."""
-    spec = spec_for(model)
-    store: dict[tuple[int, str], torch.Tensor] = {}
-    handles = []
-
-    def make(key):
-        def hook(_m, args):
-            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
-            store[key] = store.get(key, 0) + (x.T @ x).cpu()
-
-        return hook
-
-    if enabled:
-        for i, layer in enumerate(spec.decoder_layers(model)):
-            q, _, _, o = spec.qkvo(layer)
-            gate, _, down = spec.gate_up_down(layer)
-            watched = [(o, "o"), (down, "down")] + ([(q, "attn_in"), (gate, "mlp_in")] if inputs else [])
-            handles += [module.register_forward_pre_hook(make((i, name))) for module, name in watched]
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@torch.no_grad()
-def apply_obs(model, arch: Architecture, kind: str, units: list[tuple], hessians: dict) -> None:
-    """Compensate the remaining o_proj/down_proj columns for the columns about to be removed."""
-    spec = spec_for(model)
-    hd = arch.head_dim
-    for i, layer in enumerate(spec.decoder_layers(model)):
-        gone = sorted(u[1] for u in units if u[0] == i)
-        if not gone:
-            continue
-        _, _, _, o = spec.qkvo(layer)
-        _, _, down = spec.gate_up_down(layer)
-        lin, key = (o, (i, "o")) if kind == "attention" else (down, (i, "down"))
-        cols = [h * hd + d for h in gone for d in range(hd)] if kind == "attention" else gone
-        lin.weight.copy_(obs_remove_columns(lin.weight, hessians[key].to(lin.weight.device), cols))
 
 
 def pretrain_prune(

@@ -8,7 +8,12 @@ set P of input columns and updating the others by δW = −W[:, P] ([H⁻¹]_PP)
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+
+from llmsculpt.models.spec import spec_for
+from llmsculpt.structures.shapes import Architecture
 
 
 def damped(h: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
@@ -32,3 +37,47 @@ def obs_remove_columns(weight: torch.Tensor, hessian: torch.Tensor, cols: list[i
     out = w + delta
     out[:, p] = 0.0
     return out.to(weight.dtype)
+
+
+@contextmanager
+def input_hessians(model, enabled: bool, *, inputs: bool = False):
+    """H = Σ x xᵀ of every o_proj and down_proj input during the forward passes inside; with
+    ``inputs`` also of the attention and MLP inputs (q_proj's and gate_proj's), keyed "attn_in"/"mlp_in"."""
+    spec = spec_for(model)
+    store: dict[tuple[int, str], torch.Tensor] = {}
+    handles = []
+
+    def make(key):
+        def hook(_m, args):
+            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
+            store[key] = store.get(key, 0) + (x.T @ x).cpu()
+
+        return hook
+
+    if enabled:
+        for i, layer in enumerate(spec.decoder_layers(model)):
+            q, _, _, o = spec.qkvo(layer)
+            gate, _, down = spec.gate_up_down(layer)
+            watched = [(o, "o"), (down, "down")] + ([(q, "attn_in"), (gate, "mlp_in")] if inputs else [])
+            handles += [module.register_forward_pre_hook(make((i, name))) for module, name in watched]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def apply_obs(model, arch: Architecture, kind: str, units: list[tuple], hessians: dict) -> None:
+    """Compensate the remaining o_proj/down_proj columns for the columns about to be removed."""
+    spec = spec_for(model)
+    hd = arch.head_dim
+    for i, layer in enumerate(spec.decoder_layers(model)):
+        gone = sorted(u[1] for u in units if u[0] == i)
+        if not gone:
+            continue
+        _, _, _, o = spec.qkvo(layer)
+        _, _, down = spec.gate_up_down(layer)
+        lin, key = (o, (i, "o")) if kind == "attention" else (down, (i, "down"))
+        cols = [h * hd + d for h in gone for d in range(hd)] if kind == "attention" else gone
+        lin.weight.copy_(obs_remove_columns(lin.weight, hessians[key].to(lin.weight.device), cols))
