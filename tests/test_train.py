@@ -137,3 +137,49 @@ def test_finetune_lora_cli_lowers_loss_and_keeps_shape(tmp_path, capsys):
     before, after = load(pruned, device="cpu").model, load(out, device="cpu").model
     assert count_params(after) == count_params(before)  # LoRA merged away
     assert not any("lora" in n for n, _ in after.named_parameters())
+
+
+def test_adam_moments_follow_the_pruned_indices():
+    from llmsculpt.plan import Plan
+    from llmsculpt.structures.shapes import architecture
+    from llmsculpt.surgery import apply_plan
+    from llmsculpt.testing import tiny_model
+    from llmsculpt.train.optim_carry import MomentShadows
+    from llmsculpt.train.trainer import make_optimizer
+
+    model = tiny_model("tiny-llama")
+    opt = make_optimizer(model, 1e-3)
+    ids = torch.randint(4, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        opt.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+    before = {n: {k: v.clone() for k, v in opt.state[p].items()} for n, p in model.named_parameters()}
+    plan = Plan.keep_all(architecture(model))
+    plan.layers[0].mlp = list(range(10, 96))
+    plan.layers[1].heads, plan.layers[1].kv_heads = [2, 3], [1]
+    plan.layers[2].drop = True
+    shadows = MomentShadows(model, opt)
+    apply_plan(model, plan)
+    new = make_optimizer(model, 1e-3)
+    assert shadows.carry(plan, model, new) == len(list(model.parameters()))
+    state = {n: new.state[p] for n, p in model.named_parameters()}
+    down = "model.layers.0.mlp.down_proj.weight"
+    assert torch.equal(state[down]["exp_avg"], before[down]["exp_avg"][:, 10:96])
+    assert torch.equal(state[down]["exp_avg_sq"], before[down]["exp_avg_sq"][:, 10:96])
+    q = "model.layers.1.self_attn.q_proj.weight"
+    assert torch.equal(state[q]["exp_avg"], before[q]["exp_avg"][32:64])  # heads 2, 3 of head_dim 16
+    # layer 3 became layer 2 and kept its moments; every step count survived
+    assert torch.equal(state["model.layers.2.mlp.up_proj.weight"]["exp_avg"], before["model.layers.3.mlp.up_proj.weight"]["exp_avg"])
+    assert all(int(s["step"]) == 2 for s in state.values())
+    opt_loss = model(input_ids=ids, labels=ids).loss
+    opt_loss.backward()
+    new.step()  # the carried state is usable
+
+
+def test_accel_with_carried_moments_reaches_the_target(tmp_path):
+    model, tok, examples, cfg = accel_case(tmp_path / "t.txt", optimizer_state="carry")
+    model, _, log = run_accel(model, tok, examples, cfg, checkpoint_dir=tmp_path / "c", progress=False)
+    assert count_params(model) <= 100_000 and {e["phase"] for e in log} == {0, 1}
+    with pytest.raises(SculptError, match="optimizer_state"):
+        accel_case(tmp_path / "t.txt", optimizer_state="keep")

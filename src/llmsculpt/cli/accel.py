@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--prune-steps", type=int, default=2, help="Adapt-Pruner steps per phase")
     p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--optimizer-state", default="reset", choices=["reset", "carry"],
+                   help="after each pruning: new AdamW (reset) or keep the surviving moments (carry)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         target_params=target, phases=args.phases, data_allocation=args.data_allocation, batch_size=args.batch_size,
         lr=args.lr, min_lr=args.min_lr, schedule=args.schedule, mode=args.mode, distill=args.distill,
         temperature=args.temperature, prune_steps=args.prune_steps, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        optimizer_state=args.optimizer_state,
     )
     ckpt = f"{str(args.out).rstrip('/')}.ckpt"
     model, plan, log = run_accel(model, tok, examples, cfg, checkpoint_dir=ckpt, resume=args.resume)

@@ -4,9 +4,10 @@ N phases; phase i prunes to original·P^i parameters (P = (target/original)^(1/N
 Adapt-Pruner (a few steps), then trains on its share of the data (linear growth by default, drawn
 without replacement from one seeded shuffle). One learning-rate schedule (WSD by default) spans all
 phases. After every pruning the AdamW optimiser is re-created (shapes change; see
-train/trainer.py). Checkpoints (model, optimiser, RNG-free state: the data order is a function of
-the seed) are written atomically after every phase and every ``checkpoint_every`` steps to
-``<out>.ckpt/``; ``resume=True`` continues from there with the same data order and schedule.
+train/trainer.py), or with ``optimizer_state="carry"`` the moments of the surviving rows and
+columns are carried over (train/optim_carry.py). Checkpoints (model, optimiser, RNG-free state: the
+data order is a function of the seed) are written atomically after every phase and every
+``checkpoint_every`` steps to ``<out>.ckpt/``; ``resume=True`` continues from there with the same data order and schedule.
 LoRA mode merges the adapters before each pruning; within a phase its checkpoints hold the phase's
 frozen base (written once after the pruning) plus the adapters and optimiser state.
 
@@ -37,6 +38,7 @@ from llmsculpt.surgery import apply_plan
 from llmsculpt.train.checkpoint import load_adapters, load_checkpoint, read_log, save_adapters, save_checkpoint
 from llmsculpt.train.data import Example, collate
 from llmsculpt.train.distributed import Processes
+from llmsculpt.train.optim_carry import MomentShadows
 from llmsculpt.train.phases import data_shares, phase_targets
 from llmsculpt.train.schedule import learning_rate
 from llmsculpt.train.trainer import add_lora, make_optimizer, merge_lora, train_step
@@ -60,11 +62,14 @@ class AccelConfig:
     calib_samples: int = 8
     calib_len: int = 128
     checkpoint_every: int = 50
+    optimizer_state: str = "reset"  # reset | carry: AdamW moments across a pruning (train/optim_carry.py)
     seed: int = 0
 
     def __post_init__(self):
         if self.mode not in ("full", "lora"):
             raise SculptError(f"mode must be full or lora, got {self.mode!r}")
+        if self.optimizer_state not in ("reset", "carry"):
+            raise SculptError(f"optimizer_state must be reset or carry, got {self.optimizer_state!r}")
         if self.batch_size < 1 or self.phases < 1:
             raise SculptError("batch size and phases must be >= 1")
 
@@ -163,6 +168,9 @@ def run_accel(
                 pcfg = PruneConfig(method=cfg.prune_method, target_params=targets[phase], seed=cfg.seed + phase,
                                    options={"steps": cfg.prune_steps} if cfg.prune_method == "adaptive" else {})
                 calib = _calibration(data or examples, cfg.calib_samples, cfg.calib_len, cfg.seed + phase)
+                carry = (MomentShadows(model, optimizer)
+                         if cfg.optimizer_state == "carry" and cfg.mode == "full" and optimizer is not None else None)
+                step = None
                 if count_params(model) > targets[phase]:
                     step = _prune_once(procs, model, tokenizer, pcfg, calib)
                     plan = plan.compose(step)
@@ -171,7 +179,10 @@ def run_accel(
                     _checkpoint(procs, ckpt, model, tokenizer, None, state)
                     model = _seeded_lora(model, cfg.seed + phase)
                 net = procs.wrap(model)
-                optimizer = make_optimizer(model, cfg.lr)
+                if carry is None or step is not None:
+                    optimizer = make_optimizer(model, cfg.lr)
+                if carry is not None and step is not None:
+                    carry.carry(step, model, optimizer)
             for k in range(state["step_in_phase"], steps[phase]):
                 mine, scale = procs.my_share(data[k * cfg.batch_size : (k + 1) * cfg.batch_size])
                 batch = collate(mine, tokenizer.pad_token_id or 0)
