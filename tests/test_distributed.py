@@ -94,3 +94,19 @@ def test_pruning_aware_training_on_two_processes_equals_one(tmp_path):
     assert [e["loss"] for e in ranks[0]["log"]] == pytest.approx([e["loss"] for e in log], rel=1e-4)
     _same(ranks[0]["state"], single.state_dict(), atol=1e-4)
     assert (tmp_path / "ckpt" / "last" / "state.json").is_file()
+
+
+def test_sharded_engines_are_refused_with_a_reason(monkeypatch):
+    import accelerate
+    from accelerate.utils import DistributedType
+
+    from llmsculpt.errors import SculptError
+
+    class FakeAccelerator:
+        def __init__(self, **kwargs):
+            self.distributed_type = DistributedType.FSDP
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(accelerate, "Accelerator", FakeAccelerator)
+    with pytest.raises(SculptError, match="FSDP is not supported.*whole weight matrices"):
+        Processes()

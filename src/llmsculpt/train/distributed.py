@@ -35,6 +35,13 @@ class Processes:
             from accelerate import Accelerator
 
             self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), device_placement=False)
+            kind = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
+            if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
+                raise SculptError(
+                    f"{kind} is not supported: pruning needs every process to hold whole weight matrices. "
+                    "Launch with plain data parallelism (torchrun, or accelerate launch --multi_gpu without an "
+                    "FSDP/DeepSpeed config)"
+                )
 
     @property
     def world(self) -> int:
