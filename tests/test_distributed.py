@@ -1,6 +1,7 @@
-"""Adapt-Accel and pruning-aware training on 2 CPU processes (torchrun, gloo, DDP through
-accelerate): pruning decided on the main process is applied identically everywhere, the result
-equals a single-process run, and a run killed mid-phase resumes to the same weights."""
+"""Adapt-Accel and pruning-aware training on 2 CPU processes (torchrun, gloo): data-parallel (DDP
+through accelerate) and, for Adapt-Accel, fully sharded (FSDP2). Pruning decided on the main process
+is applied identically everywhere, the result equals a single-process run, and a run killed
+mid-phase resumes to the same weights."""
 
 import os
 import subprocess
@@ -27,21 +28,32 @@ def _same(a: dict, b: dict, atol: float) -> None:
         assert torch.allclose(a[name], b[name], atol=atol), (name, (a[name] - b[name]).abs().max())
 
 
-def _torchrun(script: str, out: Path) -> None:
+def _torchrun(script: str, out: Path, *args: str) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPTS / script),
-         str(out)],
+         str(out), *args],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
+def _load_run(out: Path) -> dict:
+    return {name: torch.load(out / f"{name}.pt") for name in ("full-0", "full-1", "resumed-0", "resumed-1")}
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    _torchrun("accel_two_processes.py", out)
-    return {name: torch.load(out / f"{name}.pt") for name in ("full-0", "full-1", "resumed-0", "resumed-1")}
+    _torchrun("accel_two_processes.py", out, "ddp")
+    return _load_run(out)
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp")
+    _torchrun("accel_two_processes.py", out, "fsdp")
+    return _load_run(out) | {"out": out}
 
 
 def test_all_processes_hold_the_same_pruned_model(two_process_run):
@@ -51,20 +63,55 @@ def test_all_processes_hold_the_same_pruned_model(two_process_run):
     assert two_process_run["full-0"]["log"] == two_process_run["full-1"]["log"]  # the averaged loss
 
 
-def test_two_processes_equal_one(two_process_run, tmp_path):
-    model, tok, examples, cfg = accel_case(tmp_path / "data.txt")
+def _equals_single_process(run: dict, tmp_path: Path, **overrides) -> None:
+    model, tok, examples, cfg = accel_case(tmp_path / "data.txt", **overrides)
     single, plan, log = run_accel(model, tok, examples, cfg, checkpoint_dir=tmp_path / "single", progress=False)
-    ddp = two_process_run["full-0"]
-    assert ddp["plan"] == plan.to_dict()
-    assert [e["params"] for e in ddp["log"]] == [e["params"] for e in log]
-    assert [e["loss"] for e in ddp["log"]] == pytest.approx([e["loss"] for e in log], rel=1e-4)
-    _same(ddp["state"], single.state_dict(), atol=1e-4)
+    main = run["full-0"]
+    assert main["plan"] == plan.to_dict()
+    assert [e["params"] for e in main["log"]] == [e["params"] for e in log]
+    assert [e["loss"] for e in main["log"]] == pytest.approx([e["loss"] for e in log], rel=1e-4)
+    _same(main["state"], single.state_dict(), atol=1e-4)
+
+
+def test_two_processes_equal_one(two_process_run, tmp_path):
+    _equals_single_process(two_process_run, tmp_path)
 
 
 def test_two_process_resume_equals_uninterrupted(two_process_run):
     for rank in (0, 1):
         _same(two_process_run[f"resumed-{rank}"]["state"], two_process_run["full-0"]["state"], atol=1e-6)
         assert [e["step"] for e in two_process_run[f"resumed-{rank}"]["log"]] == [e["step"] for e in two_process_run["full-0"]["log"]]
+
+
+def test_sharded_run_equals_one_process_and_only_the_main_one_holds_weights(sharded_run, tmp_path):
+    assert sharded_run["full-0"]["world"] == 2 and not sharded_run["full-0"]["meta"]
+    assert sharded_run["full-1"]["meta"] and sharded_run["full-1"]["state"] == {}  # a meta-device skeleton
+    assert sharded_run["full-1"]["plan"] == sharded_run["full-0"]["plan"]
+    _equals_single_process(sharded_run, tmp_path)
+
+
+def test_sharded_resume_equals_uninterrupted(sharded_run):
+    _same(sharded_run["resumed-0"]["state"], sharded_run["full-0"]["state"], atol=1e-6)
+    assert [e["step"] for e in sharded_run["resumed-0"]["log"]] == [e["step"] for e in sharded_run["full-0"]["log"]]
+
+
+def test_a_sharded_runs_checkpoint_resumes_in_one_process(sharded_run, tmp_path):
+    """Checkpoints hold whole weights and full-size AdamW moments whatever the engine."""
+    model, tok, examples, cfg = accel_case(tmp_path / "data.txt")
+    resumed, _, log = run_accel(model, tok, examples, cfg, checkpoint_dir=sharded_run["out"] / "cut-for-one",
+                                progress=False, resume=True)
+    _same(resumed.state_dict(), sharded_run["full-0"]["state"], atol=1e-4)
+    assert [e["step"] for e in log] == [e["step"] for e in sharded_run["full-0"]["log"]]
+
+
+def test_sharded_run_carries_moments_and_distils_like_one_process(tmp_path):
+    """optimizer_state=carry gathers the moments, carries them on the main process and scatters them."""
+    out = tmp_path / "run"
+    out.mkdir()
+    _torchrun("accel_two_processes.py", out, "fsdp-carry")
+    run = _load_run(out)
+    _equals_single_process(run, tmp_path, optimizer_state="carry", distill=True)
+    _same(run["resumed-0"]["state"], run["full-0"]["state"], atol=1e-6)
 
 
 def test_batch_shares_reproduce_the_token_mean(monkeypatch):
@@ -96,17 +143,34 @@ def test_pruning_aware_training_on_two_processes_equals_one(tmp_path):
     assert (tmp_path / "ckpt" / "last" / "state.json").is_file()
 
 
-def test_sharded_engines_are_refused_with_a_reason(monkeypatch):
+def _fake_launch(monkeypatch, kind: str) -> None:
     import accelerate
     from accelerate.utils import DistributedType
 
-    from llmsculpt.errors import SculptError
-
     class FakeAccelerator:
         def __init__(self, **kwargs):
-            self.distributed_type = DistributedType.FSDP
+            self.distributed_type = getattr(DistributedType, kind)
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(accelerate, "Accelerator", FakeAccelerator)
-    with pytest.raises(SculptError, match="FSDP is not supported.*whole weight matrices"):
+
+
+def test_deepspeed_is_refused_with_a_reason(monkeypatch):
+    from llmsculpt.errors import SculptError
+
+    _fake_launch(monkeypatch, "DEEPSPEED")
+    with pytest.raises(SculptError, match="DEEPSPEED is not supported.*whole model"):
         Processes()
+
+
+def test_an_accelerate_fsdp_launch_shards_and_unshardable_runs_say_why(monkeypatch, tmp_path):
+    from llmsculpt.errors import SculptError
+
+    _fake_launch(monkeypatch, "FSDP")
+    assert Processes().sharded
+    model, tok, examples, cfg = pretrain_case()
+    with pytest.raises(SculptError, match="does not run sharded.*whole gradients"):
+        pretrain_prune(model, tok, examples, cfg, progress=False)
+    model, tok, examples, cfg = accel_case(tmp_path / "data.txt", mode="lora")
+    with pytest.raises(SculptError, match="LoRA training is not sharded"):
+        run_accel(model, tok, examples, cfg, checkpoint_dir=tmp_path / "ckpt", progress=False)

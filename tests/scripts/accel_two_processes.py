@@ -1,6 +1,11 @@
 """Run by tests/test_distributed.py under ``torchrun --nproc_per_node 2``: an uninterrupted
-Adapt-Accel run, then one killed mid-phase and resumed; every process saves its final weights."""
+Adapt-Accel run, then one killed mid-phase and resumed.
 
+``accel_two_processes.py OUT [ddp|fsdp|fsdp-carry]``: data-parallel (every process saves its final
+weights), sharded (the main process saves them; the others report that they hold none), or sharded
+with AdamW moments carried across pruning and distillation from the original model."""
+
+import shutil
 import sys
 from pathlib import Path
 
@@ -8,22 +13,40 @@ import torch
 
 from llmsculpt.methods.adapt_accel import Interrupted, run_accel
 from llmsculpt.train.distributed import Processes
+from llmsculpt.train.sharded import is_meta
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _runs import accel_case  # noqa: E402
 
 out = Path(sys.argv[1])
+variant = sys.argv[2] if len(sys.argv) > 2 else "ddp"
+shard = variant.startswith("fsdp")
+overrides = {"optimizer_state": "carry", "distill": True} if variant == "fsdp-carry" else {}
 procs = Processes()
 rank = procs.rank
-model, tok, examples, cfg = accel_case(out / f"data-{rank}.txt")  # one file per process: accel_case writes it
-full, plan, log = run_accel(model, tok, examples, cfg, checkpoint_dir=out / "full", progress=False)
-torch.save({"state": full.state_dict(), "log": log, "plan": plan.to_dict(), "world": procs.world,
+
+
+def case():
+    return accel_case(out / f"data-{rank}.txt", **overrides)  # one file per process: accel_case writes it
+
+
+def saved(model) -> dict:
+    return {} if is_meta(model) else {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+model, tok, examples, cfg = case()
+full, plan, log = run_accel(model, tok, examples, cfg, checkpoint_dir=out / "full", progress=False, shard=shard)
+torch.save({"state": saved(full), "meta": is_meta(full), "log": log, "plan": plan.to_dict(), "world": procs.world,
             "backend": torch.distributed.get_backend()}, out / f"full-{rank}.pt")
-model, tok, examples, cfg = accel_case(out / f"data-{rank}.txt")  # one file per process: accel_case writes it
+model, tok, examples, cfg = case()
 try:
-    run_accel(model, tok, examples, cfg, checkpoint_dir=out / "cut", progress=False, stop_after=len(log) - 2)
+    run_accel(model, tok, examples, cfg, checkpoint_dir=out / "cut", progress=False, stop_after=len(log) - 2, shard=shard)
 except Interrupted:
     pass
-model, tok, examples, cfg = accel_case(out / f"data-{rank}.txt")  # one file per process: accel_case writes it
-resumed, _, rlog = run_accel(model, tok, examples, cfg, checkpoint_dir=out / "cut", progress=False, resume=True)
-torch.save({"state": resumed.state_dict(), "log": rlog}, out / f"resumed-{rank}.pt")
+if shard and rank == 0:  # the sharded run's checkpoint, for a single process to resume (test)
+    shutil.copytree(out / "cut", out / "cut-for-one")
+procs.barrier()
+model, tok, examples, cfg = case()
+resumed, _, rlog = run_accel(model, tok, examples, cfg, checkpoint_dir=out / "cut", progress=False, resume=True,
+                             shard=shard)
+torch.save({"state": saved(resumed), "log": rlog}, out / f"resumed-{rank}.pt")

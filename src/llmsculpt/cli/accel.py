@@ -1,7 +1,8 @@
 """`sculpt accel`: Adapt-Accel, interleaved pruning and recovery training, resumable.
 
 Data-parallel on several processes: ``torchrun --nproc_per_node 2 -m llmsculpt.cli.main accel ...``
-(CPU, gloo) or ``accelerate launch --multi_gpu --num_processes N -m llmsculpt.cli.main accel ...``.
+(CPU, gloo) or ``accelerate launch --multi_gpu --num_processes N -m llmsculpt.cli.main accel ...``;
+add ``--fsdp`` (or launch with an accelerate FSDP config) to shard the training state instead.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--optimizer-state", default="reset", choices=["reset", "carry"],
                    help="after each pruning: new AdamW (reset) or keep the surviving moments (carry)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="with several processes: shard weights, gradients and optimiser state (FSDP2) instead of DDP; "
+                        "the main process gathers whole weights to prune and to checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         optimizer_state=args.optimizer_state,
     )
     ckpt = f"{str(args.out).rstrip('/')}.ckpt"
-    model, plan, log = run_accel(model, tok, examples, cfg, checkpoint_dir=ckpt, resume=args.resume)
+    model, plan, log = run_accel(model, tok, examples, cfg, checkpoint_dir=ckpt, resume=args.resume, shard=args.fsdp)
     if int(os.environ.get("RANK", "0")) != 0:  # multi-process run: the main process saves
         return 0
     report = {"method": "adapt-accel", "params_before": before, "params_after": count_params(model),

@@ -14,8 +14,9 @@ frozen base (written once after the pruning) plus the adapters and optimiser sta
 Launched with several processes (``torchrun``/``accelerate launch``), training is data-parallel
 (DDP through accelerate, see train/distributed.py): each process trains on its slice of every global
 batch, the main process alone decides each pruning and writes checkpoints and logs, and the others
-apply the same plan and receive its weights. Results equal a single-process run up to the
-reduction order of the averaged gradients.
+apply the same plan and receive its weights. With ``shard=True`` (``--fsdp``) training is fully
+sharded (FSDP2, train/sharded.py) and the main process gathers whole weights only to prune and to
+checkpoint. Results equal a single-process run up to the reduction order of the averaged gradients.
 """
 
 from __future__ import annotations
@@ -102,12 +103,20 @@ def run_accel(
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
+    shard: bool = False,
 ) -> tuple[torch.nn.Module, Plan, list[dict]]:
-    """Interleave pruning and training; returns the model, the composed plan and the log."""
+    """Interleave pruning and training; returns the model, the composed plan and the log.
+
+    ``shard``: with several processes, train fully sharded (FSDP2) instead of data-parallel; the
+    returned model then holds the final weights on the main process only.
+    """
     from tqdm.auto import tqdm
 
-    procs = Processes()
-    if procs.device is not None:
+    procs = Processes(shard=shard)
+    if procs.sharded and cfg.mode == "lora":
+        raise SculptError("LoRA training is not sharded (its trainable state is small): launch it data-parallel, "
+                          "without --fsdp")
+    if procs.device is not None and not procs.sharded:  # sharded: the plain model stays on the host
         model = model.to(procs.device)
     ckpt = Path(checkpoint_dir)
     original = count_params(model)
@@ -125,13 +134,18 @@ def run_accel(
     total = sum(steps)
     if total == 0:
         raise SculptError("no training steps: the data is empty")
-    teacher = copy.deepcopy(model).eval() if cfg.distill else None
+    teacher = None
+    if cfg.distill:
+        teacher = procs.wrap(copy.deepcopy(model)) if procs.sharded else copy.deepcopy(model)
+        teacher.eval().requires_grad_(False)
     state = {"phase": 0, "pruned": False, "step_in_phase": 0, "global_step": 0, "plan": Plan.keep_all(arch0).to_dict(),
              "config": asdict(cfg), "original_params": original}
     log: list[dict] = []
     optimizer = None
+    opt_state = None
     if resume:
-        model, opt_state, state = load_checkpoint(ckpt, asdict(cfg), next(model.parameters()).device)
+        where = next(model.parameters()).device if not procs.sharded else torch.device("cpu")
+        model, opt_state, state = load_checkpoint(ckpt, asdict(cfg), where)
         if cfg.mode == "lora" and state["pruned"]:  # a LoRA phase had begun on this (pruned) base
             from peft import set_peft_model_state_dict
 
@@ -139,12 +153,10 @@ def run_accel(
             optimizer = make_optimizer(model, cfg.lr)
             found = load_adapters(ckpt, state)
             if found is not None:
-                adapters, opt_state, state = found
+                adapters, adapter_opt, state = found
                 set_peft_model_state_dict(model, adapters)
-                optimizer.load_state_dict(opt_state)
-        elif opt_state is not None:
-            optimizer = make_optimizer(model, cfg.lr)
-            optimizer.load_state_dict(opt_state)
+                optimizer.load_state_dict(adapter_opt)
+            opt_state = None
         log = read_log(ckpt, state["global_step"])
     plan = Plan.from_dict(state["plan"])
     procs.barrier()  # every process has read the checkpoint before the main one writes the log anew
@@ -156,6 +168,9 @@ def run_accel(
             log_file.write(json.dumps(entry) + "\n")
     bar = tqdm(total=total, initial=state["global_step"], desc="adapt-accel", disable=not (progress and procs.is_main))
     net = procs.wrap(model)
+    if opt_state is not None:
+        optimizer = make_optimizer(net, cfg.lr)
+        procs.load_optimizer_state(optimizer, opt_state)
     start = 0
     try:
         for phase in range(cfg.phases):
@@ -165,10 +180,11 @@ def run_accel(
                 continue
             if not state["pruned"]:
                 model = merge_lora(model)
+                procs.sync(net, model)
                 pcfg = PruneConfig(method=cfg.prune_method, target_params=targets[phase], seed=cfg.seed + phase,
                                    options={"steps": cfg.prune_steps} if cfg.prune_method == "adaptive" else {})
                 calib = _calibration(data or examples, cfg.calib_samples, cfg.calib_len, cfg.seed + phase)
-                carry = (MomentShadows(model, optimizer)
+                carry = (_Carry(procs, model, optimizer)
                          if cfg.optimizer_state == "carry" and cfg.mode == "full" and optimizer is not None else None)
                 step = None
                 if count_params(model) > targets[phase]:
@@ -176,13 +192,14 @@ def run_accel(
                     plan = plan.compose(step)
                 state.update(pruned=True, step_in_phase=0, plan=plan.to_dict())
                 if cfg.mode == "lora":  # the phase's frozen base; later checkpoints add only adapters
-                    _checkpoint(procs, ckpt, model, tokenizer, None, state)
+                    _checkpoint(procs, ckpt, net, model, tokenizer, None, state)
                     model = _seeded_lora(model, cfg.seed + phase)
-                net = procs.wrap(model)
+                if step is not None or cfg.mode == "lora":
+                    net = procs.wrap(model)
                 if carry is None or step is not None:
-                    optimizer = make_optimizer(model, cfg.lr)
+                    optimizer = make_optimizer(net, cfg.lr)
                 if carry is not None and step is not None:
-                    carry.carry(step, model, optimizer)
+                    carry.finish(step, model, optimizer)
             for k in range(state["step_in_phase"], steps[phase]):
                 mine, scale = procs.my_share(data[k * cfg.batch_size : (k + 1) * cfg.batch_size])
                 batch = collate(mine, tokenizer.pad_token_id or 0)
@@ -202,22 +219,51 @@ def run_accel(
                     raise Interrupted(f"stopped after {stop_after} steps")
                 if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
                     if cfg.mode == "full":
-                        _checkpoint(procs, ckpt, model, tokenizer, optimizer, state)
+                        _checkpoint(procs, ckpt, net, model, tokenizer, optimizer, state)
                     else:
                         if procs.is_main:
                             save_adapters(ckpt, model, optimizer, state)
                         procs.barrier()
-            model = merge_lora(model)
-            net = procs.wrap(model) if cfg.mode == "lora" else net
             if cfg.mode == "lora":
+                model = merge_lora(model)
+                net = procs.wrap(model)
                 optimizer = None
             state.update(phase=phase + 1, pruned=False, step_in_phase=0)
-            _checkpoint(procs, ckpt, model, tokenizer, optimizer if cfg.mode == "full" else None, state)
+            _checkpoint(procs, ckpt, net, model, tokenizer, optimizer, state)
     finally:
         bar.close()
         if log_file is not None:
             log_file.close()
     return model, plan, log
+
+
+class _Carry:
+    """``optimizer_state="carry"`` across one pruning. A process holding the whole model (one process,
+    or DDP) carries its own moments; in a sharded run the main process gathers the full moments,
+    carries them on its plain model and scatters the result into the new sharded optimiser."""
+
+    def __init__(self, procs: Processes, model, optimizer) -> None:
+        self.procs = procs
+        self.shadows = None
+        if not procs.sharded:
+            self.shadows = MomentShadows(model, optimizer)
+            return
+        full = procs.optimizer_state(optimizer)
+        if procs.is_main:
+            plain = make_optimizer(model, 0.0)
+            plain.load_state_dict(full)
+            self.shadows = MomentShadows(model, plain)
+
+    def finish(self, step: Plan, model, optimizer) -> None:
+        if not self.procs.sharded:
+            self.shadows.carry(step, model, optimizer)
+            return
+        full = None
+        if self.procs.is_main:
+            plain = make_optimizer(model, optimizer.param_groups[0]["lr"])
+            self.shadows.carry(step, model, plain)
+            full = plain.state_dict()
+        self.procs.load_optimizer_state(optimizer, full)
 
 
 def _seeded_lora(model, seed: int):
@@ -227,20 +273,28 @@ def _seeded_lora(model, seed: int):
         return add_lora(model)
 
 
-def _checkpoint(procs: Processes, ckpt: Path, model, tokenizer, optimizer, state: dict) -> None:
+def _checkpoint(procs: Processes, ckpt: Path, net, model, tokenizer, optimizer, state: dict) -> None:
     """The main process writes; every process waits until the checkpoint is complete."""
+    procs.sync(net, model)
+    opt_state = procs.optimizer_state(optimizer) if optimizer is not None else None
     if procs.is_main:
-        save_checkpoint(ckpt, model, tokenizer, optimizer, state)
+        save_checkpoint(ckpt, model, tokenizer, opt_state, state)
     procs.barrier()
 
 
 def _prune_once(procs: Processes, model, tokenizer, pcfg: PruneConfig, calib: torch.Tensor) -> Plan:
     """Prune ``model`` in place; return the plan. With several processes the main one decides and
-    the others apply its plan (the weights themselves are synchronised when DDP re-wraps the model)."""
+    the others apply its plan to their copy (or, sharded, to their meta-device skeleton); the weights
+    themselves reach them when the pruned model is wrapped again (DDP or sharding copies the main
+    process's)."""
     plan = None
     if procs.is_main:
+        if procs.sharded:  # score on the accelerator, keep the plain copy on the host between prunings
+            model.to(procs.device)
         result = get_method(pcfg.method)(PruneContext(model, tokenizer, pcfg, lambda s: calib, progress=False))
         plan = result.plan
+        if procs.sharded:
+            model.to("cpu")
     if procs.world == 1:
         return plan
     plan = Plan.from_dict(procs.share(plan.to_dict() if plan is not None else None))

@@ -80,6 +80,11 @@ def pretrain_prune(
     if resume and checkpoint_dir is None:
         raise SculptError("resume needs the checkpoint directory")
     procs = Processes()
+    if procs.sharded:
+        raise SculptError(
+            "pruning-aware training does not run sharded (FSDP): every pruning step scores all mini-groups from "
+            "whole gradients on the main process. Launch it data-parallel (torchrun / accelerate launch --multi_gpu)"
+        )
     if procs.device is not None:
         model = model.to(procs.device)
     original = count_params(model)
@@ -132,7 +137,7 @@ def pretrain_prune(
 
     def checkpoint() -> None:
         if procs.is_main:
-            save_checkpoint(ckpt, model, tokenizer, optimizer, state | {"plan": plan.to_dict()})
+            save_checkpoint(ckpt, model, tokenizer, optimizer.state_dict(), state | {"plan": plan.to_dict()})
         procs.barrier()
 
     bar = tqdm(total=n_prune + total_train, initial=state["step"], desc="pruning-aware training",

@@ -23,7 +23,8 @@ import torch
 from llmsculpt.errors import SculptError
 
 
-def save_checkpoint(directory: Path, model, tokenizer, optimizer, state: dict) -> None:
+def save_checkpoint(directory: Path, model, tokenizer, optimizer_state: dict | None, state: dict) -> None:
+    """``optimizer_state``: ``optimizer.state_dict()`` (full-size moments; see Processes.optimizer_state)."""
     from transformers.utils import logging as hf_logging
 
     from llmsculpt.io.save import write_model_files
@@ -36,8 +37,8 @@ def save_checkpoint(directory: Path, model, tokenizer, optimizer, state: dict) -
         finally:
             if was_on:
                 hf_logging.enable_progress_bar()
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(state))
 
     _swap_in(directory, "last", fill)

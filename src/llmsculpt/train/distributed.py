@@ -8,6 +8,10 @@ and re-wrapping the pruned model in DDP copies the main process's weights to all
 broadcasts module state when it is built), so any weight change a method made travels too.
 Only the main process writes checkpoints, logs and outputs; the others wait at a barrier.
 
+With ``shard=True`` (or an accelerate FSDP config) training is fully sharded instead (FSDP2, see
+train/sharded.py): weights, gradients and optimiser state are split over the processes, and the main
+process gathers whole weights only to prune and to checkpoint.
+
 In a single process (the default) nothing here touches torch.distributed.
 """
 
@@ -22,6 +26,13 @@ from llmsculpt.errors import SculptError
 from llmsculpt.train.data import IGNORE, Example
 
 
+def broadcast_object(obj):
+    """The main process's ``obj`` (picklable) on every process of the default group."""
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -29,19 +40,21 @@ def world_size_from_env() -> int:
 class Processes:
     """The process group of this run (one process unless launched by torchrun/accelerate)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, shard: bool = False) -> None:
         self.accelerator = None
+        self.sharded = False
         if world_size_from_env() > 1:
             from accelerate import Accelerator
 
             self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), device_placement=False)
             kind = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
-            if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA"):
+            if kind in ("DEEPSPEED", "MEGATRON_LM", "XLA"):
                 raise SculptError(
-                    f"{kind} is not supported: pruning needs every process to hold whole weight matrices. "
-                    "Launch with plain data parallelism (torchrun, or accelerate launch --multi_gpu without an "
-                    "FSDP/DeepSpeed config)"
+                    f"{kind} is not supported: pruning needs the whole model on the process that decides it. "
+                    "Launch with data parallelism (torchrun, or accelerate launch --multi_gpu) or with FSDP "
+                    "(accelerate launch --use_fsdp, or torchrun ... --fsdp)"
                 )
+            self.sharded = shard or kind == "FSDP"
 
     @property
     def world(self) -> int:
@@ -61,17 +74,49 @@ class Processes:
         return self.accelerator.device if self.accelerator else None
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """The module to run forward/backward through: DDP around ``model`` when distributed.
+        """The module to run forward/backward through: ``model`` itself in one process, DDP around it,
+        or a sharded copy (FSDP2, see train/sharded.py).
 
-        Call again after every pruning (parameter shapes changed); building DDP copies the main
-        process's parameters and buffers to every process.
+        Call again after every pruning (parameter shapes changed). Building DDP copies the main
+        process's parameters and buffers to every process; building the sharded copy fills its shards
+        from the main process's weights, and the other processes' plain ``model`` then goes to the
+        meta device (shapes only).
         """
         if self.accelerator is None:
             return model
+        if self.sharded:
+            from llmsculpt.train.sharded import is_meta, shard, to_meta
+
+            net = shard(model, self.accelerator.device, is_main=self.is_main)
+            if not self.is_main and not is_meta(model):
+                to_meta(model)
+            return net
         return self.accelerator.prepare_model(model)
 
-    def unwrap(self, model: nn.Module) -> nn.Module:
-        return self.accelerator.unwrap_model(model) if self.accelerator else model
+    def sync(self, net: nn.Module, model: nn.Module) -> None:
+        """Bring the main process's plain ``model`` up to date with the trained ``net`` (sharded runs;
+        in the others they share their parameters). Collective."""
+        if self.sharded:
+            from llmsculpt.train.sharded import gather_weights
+
+            gather_weights(net, model, is_main=self.is_main)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        """``optimizer.state_dict()`` with full-size moments (sharded runs gather them). Collective."""
+        if self.sharded:
+            from llmsculpt.train.sharded import gather_optimizer_state
+
+            return gather_optimizer_state(optimizer)
+        return optimizer.state_dict()
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict | None) -> None:
+        """Inverse of ``optimizer_state``; in sharded runs only the main process's ``state`` is read."""
+        if self.sharded:
+            from llmsculpt.train.sharded import load_optimizer_state
+
+            load_optimizer_state(optimizer, state, is_main=self.is_main)
+        else:
+            optimizer.load_state_dict(state)
 
     def share(self, obj):
         """The main process's ``obj`` on every process (picklable objects)."""
