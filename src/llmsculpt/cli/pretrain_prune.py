@@ -1,7 +1,8 @@
 """`sculpt pretrain-prune`: EfficientLLM pruning-aware training to a parameter budget.
 
 Resumable (``--resume`` continues from ``<out>.ckpt/``) and data-parallel on several processes:
-``torchrun --standalone --nproc_per_node 2 -m llmsculpt.cli.main pretrain-prune ...``.
+``torchrun --standalone --nproc_per_node 2 -m llmsculpt.cli.main pretrain-prune ...`` (add ``--fsdp`` to
+shard the training state).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints in <out>.ckpt/")
     p.add_argument("--resume", action="store_true", help="continue a killed run from <out>.ckpt/")
+    p.add_argument("--fsdp", action="store_true",
+                   help="with several processes: shard weights, gradients and optimiser state (FSDP2) instead of DDP")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
 
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     before, source = count_params(loaded.model), architecture(loaded.model)
     ckpt = f"{str(args.out).rstrip('/')}.ckpt"
     model, plan, log = pretrain_prune(loaded.model, loaded.tokenizer, examples, cfg, checkpoint_dir=ckpt,
-                                      checkpoint_every=args.checkpoint_every, resume=args.resume)
+                                      checkpoint_every=args.checkpoint_every, resume=args.resume, shard=args.fsdp)
     if int(os.environ.get("RANK", "0")) != 0:  # multi-process run: the main process saves
         return 0
     report = {"method": "pruning-aware", "params_before": before, "params_after": count_params(model),

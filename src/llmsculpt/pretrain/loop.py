@@ -64,6 +64,7 @@ def pretrain_prune(
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
+    shard: bool = False,
 ):
     """Run pruning-aware training; returns (model, composed plan, trajectory log).
 
@@ -71,7 +72,9 @@ def pretrain_prune(
     training) and at the end; ``resume=True`` continues from the latest checkpoint with the same
     data order and schedule. Launched on several processes (torchrun / accelerate launch), gradients
     are averaged across them (DDP), the main process decides every pruning step (its saliency is the
-    all-reduced one) and the others apply its plan; see train/distributed.py.
+    all-reduced one) and the others apply its plan; see train/distributed.py. With ``shard`` (or an
+    accelerate FSDP launch) training is fully sharded (FSDP2): every pruning step gathers whole weights
+    and gradients on the main process, which decides, and re-shards the pruned model from it.
     """
     from tqdm.auto import tqdm
 
@@ -79,13 +82,8 @@ def pretrain_prune(
         raise SculptError("no training data")
     if resume and checkpoint_dir is None:
         raise SculptError("resume needs the checkpoint directory")
-    procs = Processes()
-    if procs.sharded:
-        raise SculptError(
-            "pruning-aware training does not run sharded (FSDP): every pruning step scores all mini-groups from "
-            "whole gradients on the main process. Launch it data-parallel (torchrun / accelerate launch --multi_gpu)"
-        )
-    if procs.device is not None:
+    procs = Processes(shard=shard)
+    if procs.device is not None and not procs.sharded:  # sharded: the plain model stays on the host
         model = model.to(procs.device)
     original = count_params(model)
     arch0 = architecture(model)
@@ -102,12 +100,10 @@ def pretrain_prune(
     state = {"step": 0, "train_done": 0, "prune_done": 0, "tokens": 0, "cursor": 0, "in_cycle": 0,
              "plan": Plan.keep_all(arch0).to_dict(), "config": config}
     log: list[dict] = []
-    optimizer = make_optimizer(model, cfg.lr)
+    opt_state = None
     if resume:
-        model, opt_state, state = load_checkpoint(ckpt, config, next(model.parameters()).device)
-        optimizer = make_optimizer(model, cfg.lr)
-        if opt_state is not None:
-            optimizer.load_state_dict(opt_state)
+        where = torch.device("cpu") if procs.sharded else next(model.parameters()).device
+        model, opt_state, state = load_checkpoint(ckpt, config, where)
         log = read_log(ckpt, state["step"])
     procs.barrier()
     log_file = None
@@ -115,9 +111,12 @@ def pretrain_prune(
         ckpt.mkdir(parents=True, exist_ok=True)
         log_file = open(ckpt / "log.jsonl", "w")
         log_file.writelines(json.dumps(e) + "\n" for e in log)
-    device = next(model.parameters()).device
+    device = procs.device if procs.device is not None else next(model.parameters()).device
     plan = Plan.from_dict(state["plan"])
     net = procs.wrap(model)
+    optimizer = make_optimizer(net, cfg.lr)
+    if opt_state is not None:
+        procs.load_optimizer_state(optimizer, opt_state)
 
     def next_batch():
         picked = [examples[order[(state["cursor"] + k) % len(order)]] for k in range(cfg.batch_size)]
@@ -136,8 +135,10 @@ def pretrain_prune(
             log_file.flush()
 
     def checkpoint() -> None:
+        procs.sync(net, model)
+        opt_state = procs.optimizer_state(optimizer)
         if procs.is_main:
-            save_checkpoint(ckpt, model, tokenizer, optimizer.state_dict(), state | {"plan": plan.to_dict()})
+            save_checkpoint(ckpt, model, tokenizer, opt_state, state | {"plan": plan.to_dict()})
         procs.barrier()
 
     bar = tqdm(total=n_prune + total_train, initial=state["step"], desc="pruning-aware training",
@@ -153,7 +154,7 @@ def pretrain_prune(
                 step_plan, entry = _pruning_step(procs, net, model, cfg, quantum, next_batch, state)
                 plan = plan.compose(step_plan)
                 net = procs.wrap(model)
-                optimizer = make_optimizer(model, cfg.lr)  # shapes changed; stale moments dropped
+                optimizer = make_optimizer(net, cfg.lr)  # shapes changed; stale moments dropped
                 state["prune_done"] += 1
                 state["in_cycle"] += 1
             elif state["train_done"] < total_train and (not over or state["in_cycle"] < cfg.prune_every + cfg.train_every):
@@ -175,6 +176,8 @@ def pretrain_prune(
                 checkpoint()
         if ckpt is not None:
             checkpoint()
+        else:
+            procs.sync(net, model)
     finally:
         bar.close()
         if log_file is not None:
@@ -191,10 +194,12 @@ def _pruning_step(procs: Processes, net, model, cfg: PretrainPruneConfig, quantu
     params = count_params(model)
     arch = architecture(model)
     batch, scale = next_batch()
-    model.zero_grad(set_to_none=True)
-    with input_hessians(model, cfg.obs or cfg.metric in HESSIAN_METRICS, inputs=cfg.metric in HESSIAN_METRICS) as hess:
+    net.zero_grad(set_to_none=True)
+    watched = net if procs.sharded else model  # the modules that run (DDP runs model's own)
+    with input_hessians(watched, cfg.obs or cfg.metric in HESSIAN_METRICS, inputs=cfg.metric in HESSIAN_METRICS) as hess:
         loss = net(**batch, use_cache=False).loss * scale
     loss.backward()
+    procs.sync(net, model, grads=True)  # sharded: whole weights and gradients on the main process
     loss = procs.mean(float(loss.item()))
     hess = procs.sum_over_processes(dict(hess))  # the whole batch's X Xᵀ
     decision = None
@@ -214,8 +219,9 @@ def _pruning_step(procs: Processes, net, model, cfg: PretrainPruneConfig, quantu
             kind = min(usable, key=lambda t: options[t][1])
         decision = (kind, options[kind][0], {t: options[t][1] for t in options})
     model.zero_grad(set_to_none=True)
+    net.zero_grad(set_to_none=True)
     kind, units, scores = procs.share(decision)
-    if cfg.obs and kind in ("attention", "mlp") and procs.is_main:  # the others receive the weights via DDP
+    if cfg.obs and kind in ("attention", "mlp") and procs.is_main:  # the others receive the weights when re-wrapped
         apply_obs(model, arch, kind, [tuple(u) for u in units], hess)
     step_plan = plan_for(arch, kind, [tuple(u) for u in units])
     apply_plan(model, step_plan)

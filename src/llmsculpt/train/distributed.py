@@ -93,13 +93,15 @@ class Processes:
             return net
         return self.accelerator.prepare_model(model)
 
-    def sync(self, net: nn.Module, model: nn.Module) -> None:
+    def sync(self, net: nn.Module, model: nn.Module, *, grads: bool = False) -> None:
         """Bring the main process's plain ``model`` up to date with the trained ``net`` (sharded runs;
-        in the others they share their parameters). Collective."""
+        in the others they share their parameters), with ``grads`` also its gradients. Collective."""
         if self.sharded:
-            from llmsculpt.train.sharded import gather_weights
+            from llmsculpt.train.sharded import gather_grads, gather_weights
 
             gather_weights(net, model, is_main=self.is_main)
+            if grads:
+                gather_grads(net, model, is_main=self.is_main)
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
         """``optimizer.state_dict()`` with full-size moments (sharded runs gather them). Collective."""

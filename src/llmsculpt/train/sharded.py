@@ -75,6 +75,17 @@ def gather_weights(net: nn.Module, model: nn.Module, *, is_main: bool) -> None:
         model.load_state_dict({k: v.to(device) for k, v in full.items()})
 
 
+def gather_grads(net: nn.Module, model: nn.Module, *, is_main: bool) -> None:
+    """Whole gradients of ``net`` as ``.grad`` of the main process's plain ``model`` (collective)."""
+    plain = dict(model.named_parameters())
+    for name, p in net.named_parameters():
+        if p.grad is None:  # the same parameters have gradients on every process
+            continue
+        grad = p.grad.full_tensor()
+        if is_main:
+            plain[name].grad = grad.to(plain[name].device)
+
+
 def gather_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     """The optimiser's state dict with full-size moments (every process gets it; collective)."""
     from torch.distributed.tensor import DTensor
