@@ -28,8 +28,8 @@ def _same(a: dict, b: dict, atol: float) -> None:
         assert torch.allclose(a[name], b[name], atol=atol), (name, (a[name] - b[name]).abs().max())
 
 
-def _torchrun(script: str, out: Path, *args: str) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+def _torchrun(script: str, out: Path, *args: str, **env_vars: str) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent), **env_vars)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPTS / script),
          str(out), *args],
@@ -130,9 +130,12 @@ def test_batch_shares_reproduce_the_token_mean(monkeypatch):
     assert procs.my_share(batch[:1]) == ([batch[0]], 0.0)  # nothing left for process 1: weight 0
 
 
-@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+@pytest.mark.parametrize("engine", ["ddp", "fsdp", "accelerate-fsdp"])
 def test_pruning_aware_training_on_two_processes_equals_one(tmp_path, engine):
-    _torchrun("pretrain_two_processes.py", tmp_path, engine)
+    if engine == "accelerate-fsdp":  # what `accelerate launch --use_fsdp` sets, without our --fsdp
+        _torchrun("pretrain_two_processes.py", tmp_path, "ddp", ACCELERATE_USE_FSDP="true")
+    else:
+        _torchrun("pretrain_two_processes.py", tmp_path, engine)
     ranks = [torch.load(tmp_path / f"pretrain-{r}.pt") for r in (0, 1)]
     if engine == "ddp":
         _same(ranks[0]["state"], ranks[1]["state"], atol=0)

@@ -54,7 +54,8 @@ class Processes:
                     "Launch with data parallelism (torchrun, or accelerate launch --multi_gpu) or with FSDP "
                     "(accelerate launch --use_fsdp, or torchrun ... --fsdp)"
                 )
-            self.sharded = shard or kind == "FSDP"
+            # accelerate reports FSDP only on accelerators; its launcher's flag counts on CPU too
+            self.sharded = shard or kind == "FSDP" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
 
     @property
     def world(self) -> int:
