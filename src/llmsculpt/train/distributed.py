@@ -104,12 +104,13 @@ class Processes:
             if grads:
                 gather_grads(net, model, is_main=self.is_main)
 
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
-        """``optimizer.state_dict()`` with full-size moments (sharded runs gather them). Collective."""
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict | None:
+        """``optimizer.state_dict()`` with full-size moments (sharded runs gather them, and only the
+        main process gets them: None on the others). Collective."""
         if self.sharded:
             from llmsculpt.train.sharded import gather_optimizer_state
 
-            return gather_optimizer_state(optimizer)
+            return gather_optimizer_state(optimizer, is_main=self.is_main)
         return optimizer.state_dict()
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict | None) -> None:

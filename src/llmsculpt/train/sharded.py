@@ -86,15 +86,22 @@ def gather_grads(net: nn.Module, model: nn.Module, *, is_main: bool) -> None:
             plain[name].grad = grad.to(plain[name].device)
 
 
-def gather_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
-    """The optimiser's state dict with full-size moments (every process gets it; collective)."""
+def gather_optimizer_state(optimizer: torch.optim.Optimizer, *, is_main: bool) -> dict | None:
+    """The optimiser's state dict with full-size moments on the main process (None on the others,
+    which take part in the gathers but keep nothing; collective)."""
     from torch.distributed.tensor import DTensor
 
     sd = optimizer.state_dict()
     state = {}
     for index in sorted(sd["state"]):
-        state[index] = {k: (v.full_tensor().cpu() if isinstance(v, DTensor) else v) for k, v in sd["state"][index].items()}
-    return {"state": state, "param_groups": sd["param_groups"]}
+        entry = {}
+        for key, value in sd["state"][index].items():
+            if isinstance(value, DTensor):  # every process takes part in the gather
+                value = value.full_tensor()
+            if is_main:
+                entry[key] = value.cpu() if isinstance(value, torch.Tensor) else value
+        state[index] = entry
+    return {"state": state, "param_groups": sd["param_groups"]} if is_main else None
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, full: dict | None, *, is_main: bool) -> None:
