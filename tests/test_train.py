@@ -112,8 +112,9 @@ def test_accel_cli_bad_inputs_and_end_to_end(tmp_path, capsys):
     assert main(["accel", "--model", "tiny-llama", "--ratio", "0.2", "--data", str(tmp_path / "no.txt"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     code = main(["accel", "--model", "tiny-llama", "--ratio", "0.2", "--data", str(data), "--seq-len", "32",
-                 "--phases", "2", "--prune-steps", "1", "--out", str(out)])
+                 "--phases", "2", "--prune-steps", "1", "--fsdp", "--out", str(out)])
     assert code == 0
+    assert "--fsdp has no effect in a single process" in capsys.readouterr().err
     report = json.loads((out / "sculpt_report.json").read_text())
     assert report["params_after"] <= 0.8 * report["params_before"] + 1
     assert (out / "training.png").exists() and (tmp_path / "out.ckpt" / "log.jsonl").exists()

@@ -35,3 +35,18 @@ def read_text_file(path: str) -> str:
 def emit_json(obj: dict) -> None:
     json.dump(obj, sys.stdout, indent=1, default=str)
     sys.stdout.write("\n")
+
+
+def add_fsdp_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fsdp", action="store_true",
+                   help="with several processes (torchrun/accelerate launch): shard weights, gradients and optimiser "
+                        "state (FSDP2) instead of DDP; the main process gathers whole weights to prune and checkpoint")
+
+
+def note_single_process_fsdp(args: argparse.Namespace) -> None:
+    """``--fsdp`` in a single process changes nothing: say so rather than ignore it silently."""
+    from llmsculpt.train.distributed import world_size_from_env
+
+    if args.fsdp and world_size_from_env() == 1:
+        print("note: --fsdp has no effect in a single process; launch with torchrun --nproc_per_node N "
+              "or accelerate launch", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from llmsculpt.cli._common import add_model_argument
+from llmsculpt.cli._common import add_fsdp_argument, add_model_argument, note_single_process_fsdp
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,9 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--optimizer-state", default="reset", choices=["reset", "carry"],
                    help="after each pruning: new AdamW (reset) or keep the surviving moments (carry)")
-    p.add_argument("--fsdp", action="store_true",
-                   help="with several processes: shard weights, gradients and optimiser state (FSDP2) instead of DDP; "
-                        "the main process gathers whole weights to prune and to checkpoint")
+    add_fsdp_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -54,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from llmsculpt.train.data import load_examples
 
     check_output_dir(args.out, overwrite=args.overwrite)
+    note_single_process_fsdp(args)
     loaded = load(args.model)
     model, tok = loaded.model, loaded.tokenizer
     before = count_params(model)

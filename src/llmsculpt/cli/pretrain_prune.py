@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from llmsculpt.cli._common import add_model_argument
+from llmsculpt.cli._common import add_fsdp_argument, add_model_argument, note_single_process_fsdp
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,8 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints in <out>.ckpt/")
     p.add_argument("--resume", action="store_true", help="continue a killed run from <out>.ckpt/")
-    p.add_argument("--fsdp", action="store_true",
-                   help="with several processes: shard weights, gradients and optimiser state (FSDP2) instead of DDP")
+    add_fsdp_argument(p)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
 
@@ -48,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from llmsculpt.train.data import load_examples
 
     check_output_dir(args.out, overwrite=args.overwrite)
+    note_single_process_fsdp(args)
     cfg = PretrainPruneConfig(
         target_params=parse_count(args.target_params), ratio=args.ratio, quantum=args.quantum, metric=args.metric,
         types=tuple(t.strip() for t in args.types.split(",")),
