@@ -52,13 +52,14 @@ def two_process_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    _torchrun("accel_two_processes.py", out, "fsdp")
+    _torchrun("accel_two_processes.py", out, "fsdp", SCULPT_DIST_TIMEOUT="7.5")
     return _load_run(out) | {"out": out}
 
 
 def test_all_processes_hold_the_same_pruned_model(two_process_run):
     assert [two_process_run[f"full-{r}"]["world"] for r in (0, 1)] == [2, 2]
     assert two_process_run["full-0"]["backend"] == "gloo"
+    assert two_process_run["full-0"]["timeout_s"] == 120 * 60  # others wait while the main process prunes
     _same(two_process_run["full-0"]["state"], two_process_run["full-1"]["state"], atol=0)
     assert two_process_run["full-0"]["log"] == two_process_run["full-1"]["log"]  # the averaged loss
 
@@ -85,6 +86,7 @@ def test_two_process_resume_equals_uninterrupted(two_process_run):
 
 def test_sharded_run_equals_one_process_and_only_the_main_one_holds_weights(sharded_run, tmp_path):
     assert sharded_run["full-0"]["world"] == 2 and not sharded_run["full-0"]["meta"]
+    assert sharded_run["full-0"]["timeout_s"] == 7.5 * 60  # SCULPT_DIST_TIMEOUT
     assert sharded_run["full-1"]["meta"] and sharded_run["full-1"]["state"] == {}  # a meta-device skeleton
     assert sharded_run["full-1"]["plan"] == sharded_run["full-0"]["plan"]
     _equals_single_process(sharded_run, tmp_path)
@@ -165,6 +167,16 @@ def _fake_launch(monkeypatch, kind: str) -> None:
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(accelerate, "Accelerator", FakeAccelerator)
+
+
+def test_a_bad_collective_timeout_is_refused(monkeypatch):
+    from llmsculpt.errors import SculptError
+    from llmsculpt.train.distributed import timeout_from_env
+
+    for bad in ("soon", "0"):
+        monkeypatch.setenv("SCULPT_DIST_TIMEOUT", bad)
+        with pytest.raises(SculptError, match="SCULPT_DIST_TIMEOUT must be"):
+            timeout_from_env()
 
 
 def test_deepspeed_is_refused_with_a_reason(monkeypatch):

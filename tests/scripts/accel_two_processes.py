@@ -36,8 +36,10 @@ def saved(model) -> dict:
 
 model, tok, examples, cfg = case()
 full, plan, log = run_accel(model, tok, examples, cfg, checkpoint_dir=out / "full", progress=False, shard=shard)
+group = torch.distributed.distributed_c10d._get_default_group()
+timeout = group._get_backend(torch.device("cpu")).options._timeout.total_seconds()
 torch.save({"state": saved(full), "meta": is_meta(full), "log": log, "plan": plan.to_dict(), "world": procs.world,
-            "backend": torch.distributed.get_backend()}, out / f"full-{rank}.pt")
+            "backend": torch.distributed.get_backend(), "timeout_s": timeout}, out / f"full-{rank}.pt")
 model, tok, examples, cfg = case()
 try:
     run_accel(model, tok, examples, cfg, checkpoint_dir=out / "cut", progress=False, stop_after=len(log) - 2, shard=shard)

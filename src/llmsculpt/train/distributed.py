@@ -33,6 +33,22 @@ def broadcast_object(obj):
     return box[0]
 
 
+def timeout_from_env() -> "timedelta":
+    """How long a process waits in a collective: the others wait there while the main process prunes,
+    which for a large model takes far longer than torch's default (10-30 min). ``SCULPT_DIST_TIMEOUT``
+    in minutes; default 120."""
+    from datetime import timedelta
+
+    raw = os.environ.get("SCULPT_DIST_TIMEOUT", "120")
+    try:
+        minutes = float(raw)
+    except ValueError:
+        raise SculptError(f"SCULPT_DIST_TIMEOUT must be a number of minutes, got {raw!r}") from None
+    if minutes <= 0:
+        raise SculptError(f"SCULPT_DIST_TIMEOUT must be positive, got {raw!r}")
+    return timedelta(minutes=minutes)
+
+
 def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -45,8 +61,10 @@ class Processes:
         self.sharded = False
         if world_size_from_env() > 1:
             from accelerate import Accelerator
+            from accelerate.utils import InitProcessGroupKwargs
 
-            self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), device_placement=False)
+            self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), device_placement=False,
+                                           kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout_from_env())])
             kind = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
             if kind in ("DEEPSPEED", "MEGATRON_LM", "XLA"):
                 raise SculptError(
