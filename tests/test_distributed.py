@@ -106,6 +106,23 @@ def test_a_sharded_runs_checkpoint_resumes_in_one_process(sharded_run, tmp_path)
     assert [e["step"] for e in log] == [e["step"] for e in sharded_run["full-0"]["log"]]
 
 
+def test_sharded_measuring_pass_equals_the_local_one(tmp_path):
+    """Adapt-Pruner's layer importance, loss and whole gradients from a sharded model over uneven
+    slices of the calibration batch equal one process's."""
+    from llmsculpt.importance.base import GRAD
+    from llmsculpt.methods.base import LocalPasses
+    from llmsculpt.testing.tiny import tiny_model
+
+    _torchrun("sharded_passes.py", tmp_path)
+    got = torch.load(tmp_path / "passes.pt")
+    model = tiny_model("tiny-llama")
+    batch = torch.randint(4, 128, (5, 16), generator=torch.Generator().manual_seed(3))
+    stats, importance = LocalPasses().measure(model, batch, {GRAD}, distance="cosine")
+    assert got["loss"] == pytest.approx(stats.loss, rel=1e-5)
+    assert torch.allclose(got["importance"], importance, atol=1e-6)
+    _same(got["grad"], stats.grad, atol=1e-6)
+
+
 def test_sharded_run_carries_moments_and_distils_like_one_process(tmp_path):
     """optimizer_state=carry gathers the moments, carries them on the main process and scatters them."""
     out = tmp_path / "run"

@@ -188,7 +188,7 @@ def run_accel(
                          if cfg.optimizer_state == "carry" and cfg.mode == "full" and optimizer is not None else None)
                 step = None
                 if count_params(model) > targets[phase]:
-                    step = _prune_once(procs, model, tokenizer, pcfg, calib)
+                    step = _prune_once(procs, net, model, tokenizer, pcfg, calib)
                     plan = plan.compose(step)
                 state.update(pruned=True, step_in_phase=0, plan=plan.to_dict())
                 if cfg.mode == "lora":  # the phase's frozen base; later checkpoints add only adapters
@@ -282,14 +282,20 @@ def _checkpoint(procs: Processes, ckpt: Path, net, model, tokenizer, optimizer, 
     procs.barrier()
 
 
-def _prune_once(procs: Processes, model, tokenizer, pcfg: PruneConfig, calib: torch.Tensor) -> Plan:
+def _prune_once(procs: Processes, net, model, tokenizer, pcfg: PruneConfig, calib: torch.Tensor) -> Plan:
     """Prune ``model`` in place; return the plan. With several processes the main one decides and
     the others apply its plan to their copy (or, sharded, to their meta-device skeleton); the weights
     themselves reach them when the pruned model is wrapped again (DDP or sharding copies the main
-    process's)."""
+    process's). Sharded Adapt-Pruner runs on every process in lockstep, its passes on the sharded
+    ``net`` (train/sharded.ShardedPasses), so no device needs the whole model and its gradients."""
+    if procs.sharded and pcfg.method == "adaptive":
+        from llmsculpt.train.sharded import ShardedPasses
+
+        ctx = PruneContext(model, tokenizer, pcfg, lambda s: calib, progress=False, passes=ShardedPasses(procs, net))
+        return get_method(pcfg.method)(ctx).plan
     plan = None
     if procs.is_main:
-        if procs.sharded:  # score on the accelerator, keep the plain copy on the host between prunings
+        if procs.sharded:  # other methods score the whole model on the main process's device
             model.to(procs.device)
         result = get_method(pcfg.method)(PruneContext(model, tokenizer, pcfg, lambda s: calib, progress=False))
         plan = result.plan

@@ -22,9 +22,8 @@ from __future__ import annotations
 from llmsculpt.allocation.adaptive import adaptive_offsets
 from llmsculpt.errors import SculptError
 from llmsculpt.importance import get_metric
-from llmsculpt.importance.collect import collect_stats
 from llmsculpt.importance.groups import score_groups
-from llmsculpt.importance.layer_importance import layer_io_hooks, normalise
+from llmsculpt.importance.layer_importance import normalise
 from llmsculpt.methods.base import METHODS, PruneContext, PruneResult
 from llmsculpt.methods.oneshot import plan_step, scope_of
 from llmsculpt.plan import Plan
@@ -68,25 +67,28 @@ def adaptive(ctx: PruneContext) -> PruneResult:
             bar.update(1)
             continue
         batch = ctx.calibration(cfg.seed + (t - 1 if opts["resample"] else 0))
-        with layer_io_hooks(model, distance=opts["distance"]) as imp:
-            stats = collect_stats(model, batch, needs)
-        raw = imp.values()
-        norm = normalise(raw, ids)
-        scores = score_groups(model, stats, metric, aggregation=cfg.aggregation)
-        offsets = adaptive_offsets(norm, ids, amplitude)
-        plan, s, per_layer = plan_step(cur, scores, remove, scope, offsets, original=arch0)
+        stats, raw = ctx.passes.measure(model, batch, needs, distance=opts["distance"])
+        plan = None
+        if ctx.passes.decides:
+            norm = normalise(raw, ids)
+            scores = score_groups(model, stats, metric, aggregation=cfg.aggregation)
+            offsets = adaptive_offsets(norm, ids, amplitude)
+            plan, s, per_layer = plan_step(cur, scores, remove, scope, offsets, original=arch0)
+        plan = ctx.passes.agree(plan)
         apply_plan(model, plan)
+        ctx.passes.applied(model)
         composed = composed.compose(plan)
         params = architecture(model).param_count()
-        history["steps"].append({
-            "step": t,
-            "params": params,
-            "loss": stats.loss,
-            "importance": raw.tolist(),
-            "importance_norm": norm.tolist(),
-            "sparsity": {i: min(max(s - amplitude * float(norm[i]), 0.0), 0.99) for i in ids},
-            "per_layer": per_layer,
-        })
+        if ctx.passes.decides:
+            history["steps"].append({
+                "step": t,
+                "params": params,
+                "loss": stats.loss,
+                "importance": raw.tolist(),
+                "importance_norm": norm.tolist(),
+                "sparsity": {i: min(max(s - amplitude * float(norm[i]), 0.0), 0.99) for i in ids},
+                "per_layer": per_layer,
+            })
         bar.set_postfix(params=f"{params / 1e6:.2f}M", loss=f"{stats.loss:.3f}")
         bar.update(1)
     bar.close()

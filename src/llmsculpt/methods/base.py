@@ -18,6 +18,33 @@ from llmsculpt.plan import Plan
 from llmsculpt.registry import Registry
 
 
+class LocalPasses:
+    """Where an iterative method's measuring passes run and who decides: here, on the model itself.
+
+    Adapt-Pruner asks its passes object to ``measure`` (layer importance + the statistics its metric
+    needs), decides a step only where ``decides``, makes every participant ``agree`` on the step's
+    plan, and reports each surgery with ``applied``. In one process all of that is trivial (this
+    class); train/sharded.py's ``ShardedPasses`` runs the passes on a sharded model over several
+    processes, with the main process deciding.
+    """
+
+    decides = True
+
+    def measure(self, model: nn.Module, batch: torch.Tensor, needs, *, distance: str):
+        from llmsculpt.importance.collect import collect_stats
+        from llmsculpt.importance.layer_importance import layer_io_hooks
+
+        with layer_io_hooks(model, distance=distance) as imp:
+            stats = collect_stats(model, batch, needs)
+        return stats, imp.values()
+
+    def agree(self, plan: Plan) -> Plan:
+        return plan
+
+    def applied(self, model: nn.Module) -> None:
+        pass
+
+
 @dataclass
 class PruneContext:
     model: nn.Module
@@ -25,6 +52,7 @@ class PruneContext:
     config: PruneConfig
     calibration: Callable[[int], torch.Tensor]  # seed -> LongTensor [n_samples, seq_len]
     progress: bool = True
+    passes: LocalPasses = field(default_factory=LocalPasses)  # only Adapt-Pruner uses other passes
 
 
 @dataclass

@@ -19,6 +19,7 @@ other way round, and ``optimizer_state="carry"`` works on it unchanged.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.distributed as dist
@@ -135,3 +136,75 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, full: dict | None, *,
             entry[key] = value
         state[index] = entry
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+class ShardedPasses:
+    """Adapt-Pruner's measuring passes on the sharded model (see methods/base.LocalPasses).
+
+    Every process runs the method in lockstep on its plain model (whole on the main process, a meta
+    skeleton elsewhere). ``measure`` runs layer importance and the gradient pass through the sharded
+    copy, each process on its slice of the calibration batch: no device ever holds the whole model or
+    its gradients. Importance sums and the loss are all-reduced; whole gradients are gathered to the
+    main process's host copy, which alone scores and decides; ``agree`` shares its plan, and the
+    pruned model is re-sharded before the next measurement.
+    """
+
+    def __init__(self, procs, net: nn.Module, *, micro_batch: int = 4) -> None:
+        self.procs, self.net, self.micro_batch = procs, net, micro_batch
+        self.decides = procs.is_main
+        self.stale = False
+
+    def measure(self, model: nn.Module, batch: torch.Tensor, needs, *, distance: str):
+        from llmsculpt.errors import SculptError
+        from llmsculpt.importance.base import GRAD
+        from llmsculpt.importance.collect import Stats
+        from llmsculpt.importance.layer_importance import layer_io_hooks
+
+        unsupported = set(needs) - {GRAD, "forward"}
+        if unsupported:
+            raise SculptError(f"sharded Adapt-Pruner measures gradients only; the metric also needs "
+                              f"{', '.join(sorted(unsupported))}: use taylor/magnitude, or run without --fsdp")
+        if self.stale:
+            self.net = self.procs.wrap(model)
+            self.stale = False
+        procs, net = self.procs, self.net
+        want_grad = GRAD in needs
+        total = int(batch.shape[0])
+        mine = batch[procs.rank :: procs.world].to(procs.device)
+        # every process runs the same number of passes (each is a collective); spare ones weigh nothing
+        rounds = math.ceil(math.ceil(total / procs.world) / self.micro_batch)
+        chunks = list(torch.split(mine, self.micro_batch)) if len(mine) else []
+        loss_sum = torch.zeros(1, dtype=torch.float64)
+        net.zero_grad(set_to_none=True)
+        with layer_io_hooks(net, distance=distance) as imp, torch.set_grad_enabled(want_grad):
+            for k in range(rounds):
+                real = k < len(chunks)
+                ids = chunks[k] if real else batch[:1].to(procs.device)
+                if not real:
+                    hooks_off = imp.sums.clone(), imp.counts.clone()
+                loss = net(input_ids=ids, labels=ids, use_cache=False).loss
+                if real:
+                    loss_sum += loss.item() * ids.shape[0]
+                else:
+                    imp.sums, imp.counts = hooks_off
+                if want_grad:  # FSDP averages over processes: × world gives the whole batch's mean gradient
+                    (loss * (ids.shape[0] / total * procs.world if real else 0.0)).backward()
+        sums = procs.sum_over_processes({"sums": imp.sums, "counts": imp.counts, "loss": loss_sum})
+        imp.sums, imp.counts = sums["sums"], sums["counts"]
+        stats = Stats(samples=total, loss=float(sums["loss"].item()) / total)
+        if want_grad:
+            for name, p in net.named_parameters():
+                if p.grad is not None:
+                    grad = p.grad.full_tensor()
+                    if self.decides:
+                        stats.grad[name] = grad.cpu()
+            net.zero_grad(set_to_none=True)
+        return stats, imp.values()
+
+    def agree(self, plan):
+        from llmsculpt.plan import Plan
+
+        return Plan.from_dict(self.procs.share(plan.to_dict() if self.decides else None))
+
+    def applied(self, model: nn.Module) -> None:
+        self.stale = True  # re-shard lazily: the method may stop here, and the caller re-shards anyway
