@@ -10,6 +10,10 @@ every parameter. Pruning, however, needs whole matrices, so a run keeps two view
 - the *sharded* copy (``shard``): built from the plain model after every pruning, its shards filled
   from the main process's weights (broadcast), and trained.
 
+Measuring passes run on the sharded copy too (``ShardedPasses`` for Adapt-Pruner; ``gather_grads``
+for pruning-aware training): every process takes a slice of the batch, and only whole gradients are
+gathered — into the main process's host copy, where scores are computed and the plan decided.
+
 Optimiser state crosses the same boundary as an ordinary ``torch.optim.AdamW.state_dict()`` with
 full-size moments, indexed like ``make_optimizer(plain_model)``'s parameters: the format the
 checkpoints already use, so a checkpoint written by a sharded run resumes in one process and the
