@@ -4,8 +4,13 @@ Prunes SmolLM2-135M by --ratio with the given method (default adaptive, 3 steps)
 GGUF and measures llama-cpp-python prefill and decode tokens/s (batch 1, best of --repeats, after a
 warm-up) for each --dtypes, plus the max abs difference of all next-token logits vs PyTorch on a
 prompt (f32 export, f32 K/V cache, so the number measures the export and not llama.cpp's f16 cache).
+In q8_0 files of the pruned model, matrices whose row width is not a multiple of 32 stay f16
+(``allow_mixed``; a warning names them); prune with ``--round-to 32`` for an all-q8_0 file.
 
-    python bench/export_gguf.py [--ratio 0.5] [--method adaptive] [--dtypes f16,q8_0] [--threads 2]
+llama.cpp's extra (repacking) buffer types are off unless --extra-bufts: its AMX q8_0 kernel segfaults
+on some CPUs (ggml-org/llama.cpp#20824).
+
+    python bench/export_gguf.py [--ratio 0.5] [--method adaptive] [--dtypes f16,q8_0] [--threads 2] [--extra-bufts]
 """
 
 from __future__ import annotations
@@ -28,12 +33,31 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "enwik
 PROMPT = "The history of the city begins in the early middle ages, when"
 
 
-def speed(path: Path, ids: list[int], *, threads: int, new_tokens: int, repeats: int) -> tuple[float, float]:
-    """Best-of-``repeats`` prefill tokens/s over ``ids`` and greedy decode tokens/s after it."""
+def open_llama(path: Path, *, extra_bufts: bool, **kw):
+    """llama_cpp.Llama, with llama.cpp's extra (repacking, AMX) buffer types on only if ``extra_bufts``."""
     import llama_cpp
+    import llama_cpp.llama_cpp as low
 
-    llm = llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, verbose=False, n_threads=threads,
-                          n_threads_batch=threads)
+    default = low.llama_model_default_params
+
+    def params():
+        p = default()
+        if hasattr(p, "use_extra_bufts"):
+            p.use_extra_bufts = extra_bufts
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        return llama_cpp.Llama(str(path), **kw)
+    finally:
+        low.llama_model_default_params = default
+
+
+def speed(path: Path, ids: list[int], *, threads: int, new_tokens: int, repeats: int,
+          extra_bufts: bool = False) -> tuple[float, float]:
+    """Best-of-``repeats`` prefill tokens/s over ``ids`` and greedy decode tokens/s after it."""
+    llm = open_llama(path, extra_bufts=extra_bufts, n_ctx=512, n_batch=512, verbose=False, n_threads=threads,
+                     n_threads_batch=threads)
     llm.eval(ids[:16])  # warm-up
     best_pre = best_dec = 0.0
     for _ in range(repeats):
@@ -49,11 +73,9 @@ def speed(path: Path, ids: list[int], *, threads: int, new_tokens: int, repeats:
     return best_pre, best_dec
 
 
-def logit_diff(model, ids: list[int], path: Path) -> tuple[float, float]:
+def logit_diff(model, ids: list[int], path: Path, *, extra_bufts: bool = False) -> tuple[float, float]:
     """Max |PyTorch - llama.cpp| over all positions and the vocabulary, and max |logit| for scale."""
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False, type_k=0, type_v=0)
+    llm = open_llama(path, extra_bufts=extra_bufts, n_ctx=128, logits_all=True, verbose=False, type_k=0, type_v=0)
     llm.eval(ids)
     theirs = np.array(llm.scores[: len(ids)])
     llm.close()
@@ -71,6 +93,7 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=128, help="prompt tokens for the prefill measurement")
     ap.add_argument("--decode", type=int, default=64, help="generated tokens for the decode measurement")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--extra-bufts", action="store_true", help="let llama.cpp repack weights (AMX etc.)")
     args = ap.parse_args()
     base = load("smollm2-135m", device="cpu")
     tok = base.tokenizer
@@ -88,10 +111,12 @@ def main() -> None:
         for name, model in (("dense", base.model), (f"{args.method} {args.ratio:.0%}", pruned)):
             target = gguf_target(architecture(model))
             f32 = export_gguf(model, tok, Path(tmp) / "m.f32.gguf", dtype="f32", overwrite=True)
-            diff, scale = logit_diff(model, diff_ids, f32)
+            diff, scale = logit_diff(model, diff_ids, f32, extra_bufts=args.extra_bufts)
             for dtype in args.dtypes.split(","):
-                path = export_gguf(model, tok, Path(tmp) / f"m.{dtype}.gguf", dtype=dtype, overwrite=True)
-                pre, dec = speed(path, bench_ids, threads=args.threads, new_tokens=args.decode, repeats=args.repeats)
+                path = export_gguf(model, tok, Path(tmp) / f"m.{dtype}.gguf", dtype=dtype, overwrite=True,
+                                   allow_mixed=True)
+                pre, dec = speed(path, bench_ids, threads=args.threads, new_tokens=args.decode, repeats=args.repeats,
+                                 extra_bufts=args.extra_bufts)
                 print(f"| {name} | {count_params(model):,} | {target.name} | {dtype} | {path.stat().st_size / 2**20:.0f} "
                       f"| {pre:.0f} | {dec:.1f} | {diff:.1e} (of {scale:.0f}) |", flush=True)
 

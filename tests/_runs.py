@@ -1,4 +1,7 @@
-"""The small runs shared by the single- and multi-process tests."""
+"""The small runs shared by the single- and multi-process tests, and an in-process CLI runner."""
+
+import contextlib
+import io
 
 import torch
 
@@ -29,3 +32,21 @@ def pretrain_case(**overrides):
     """model, tokenizer, examples, config: 2 pruning steps per training step, OBS update."""
     kw = dict(target_params=105_000, ratio="2:1", quantum=0.04, continue_steps=2, obs=True) | overrides
     return tiny_model("tiny-llama"), tiny_tokenizer(), token_blocks(), PretrainPruneConfig(**kw)
+
+
+def cli(*argv) -> tuple[int, str, str]:
+    """Run ``sculpt`` in-process: (exit status, stdout, stderr without progress-bar lines)."""
+    from llmsculpt.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse
+            rc = int(exc.code or 0)
+    lines = [ln for ln in err.getvalue().replace("\r", "\n").splitlines() if ln.strip() and not _is_progress(ln)]
+    return rc, out.getvalue(), "\n".join(lines)
+
+
+def _is_progress(line: str) -> bool:
+    return any(mark in line for mark in ("it/s]", "s/it]", "step/s]", "Loading weights", "%|"))

@@ -82,7 +82,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, mode, monkeypatch):
     with pytest.raises(Interrupted):
         _run(tmp_path, "cut", stop_after=len(full_log) - 2)  # dies mid-phase, after a checkpoint
     if mode == "lora":  # the adapters of the phase in progress were checkpointed on top of its base
-        assert (tmp_path / "cut" / "adapters" / "adapters.pt").is_file()
+        assert (tmp_path / "cut" / "adapters" / "adapters.safetensors").is_file()
+    assert not list((tmp_path / "cut").rglob("*.pt"))  # nothing pickled
     import llmsculpt.methods.adapt_accel as accel
 
     calls = []
@@ -184,3 +185,119 @@ def test_accel_with_carried_moments_reaches_the_target(tmp_path):
     assert count_params(model) <= 100_000 and {e["phase"] for e in log} == {0, 1}
     with pytest.raises(SculptError, match="optimizer_state"):
         accel_case(tmp_path / "t.txt", optimizer_state="keep")
+
+
+def _alpaca_file(path, prompts):
+    path.write_text("\n".join(json.dumps({"instruction": p, "output": "ok ok"}) for p in prompts))
+    return path
+
+
+LONG = "word " * 40  # an instruction of 200+ tokens: beyond --seq-len 64
+
+
+def _one_error_line(err: str, command: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith(f"sculpt {command}:")]
+
+
+def test_labels_truncated_away_refuse_or_drop(tmp_path, capsys):
+    tok = tiny_tokenizer()
+    data = _alpaca_file(tmp_path / "a.jsonl", [LONG + "much longer", LONG, LONG + "longer"])
+    with pytest.raises(SculptError, match=r"3 of 3 records have no label tokens left at --seq-len 64") as info:
+        load_examples(data, tok, fmt="alpaca", seq_len=64)
+    least = int(str(info.value).split("at least ")[1].split()[0])
+    examples, _ = load_examples(data, tok, fmt="alpaca", seq_len=least)  # the advice is exact
+    assert len(examples) == 1 and [t for t in examples[0].labels if t != IGNORE] != []
+    with pytest.raises(SculptError):
+        load_examples(data, tok, fmt="alpaca", seq_len=least - 1)
+    capsys.readouterr()
+    mixed = _alpaca_file(tmp_path / "m.jsonl", [LONG, "Say hi", LONG, "Say ho"])
+    examples, _ = load_examples(mixed, tok, fmt="alpaca", seq_len=64)
+    err = capsys.readouterr().err.splitlines()
+    assert len(examples) == 2 and all(len(e.input_ids) <= 64 for e in examples)
+    assert err == [f"warning: {mixed}: 2 of 4 records have no label tokens left at --seq-len 64 "
+                   "(the prompt fills it); dropped them, training on the other 2"]
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_finetune_cli_refuses_when_every_label_is_truncated(tmp_path, capsys, mode):
+    from llmsculpt.cli.main import main
+
+    data = _alpaca_file(tmp_path / "a.jsonl", [LONG + str(i) for i in range(4)])
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", "tiny-llama", "--data", str(data), "--seq-len", "32", "--mode", mode,
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "4 of 4 records have no label tokens left at --seq-len 32" in err[0]
+    assert "raise --seq-len to at least" in err[0] and not out.exists()
+
+
+def test_accel_cli_refuses_when_every_label_is_truncated(tmp_path, capsys):
+    from llmsculpt.cli.main import main
+
+    data = _alpaca_file(tmp_path / "a.jsonl", [LONG + str(i) for i in range(4)])
+    out = tmp_path / "out"
+    assert main(["accel", "--model", "tiny-llama", "--ratio", "0.2", "--data", str(data), "--format", "alpaca",
+                 "--seq-len", "32", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no label tokens left" in err[0]
+    assert not out.exists() and not (tmp_path / "out.ckpt").exists()
+
+
+def test_finetune_cli_drops_records_without_labels_and_warns(tmp_path, capsys):
+    from llmsculpt.cli.main import main
+
+    data = _alpaca_file(tmp_path / "a.jsonl", [LONG, LONG] + [f"Say {i}" for i in range(4)])
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", "tiny-llama", "--data", str(data), "--seq-len", "64", "--epochs", "2",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "2 of 6 records have no label tokens left at --seq-len 64" in err
+    log = json.loads((out / "sculpt_report.json").read_text())["finetune"]["log"]
+    assert len(log) == 2  # 4 records kept, batch 4, 2 epochs
+    assert all(e["loss"] == e["loss"] for e in log)  # finite, not NaN
+
+
+def test_a_diverging_run_stops_before_saving(tmp_path, capsys):
+    from llmsculpt.cli.main import main
+
+    data = _alpaca_file(tmp_path / "a.jsonl", [f"Say {i}" for i in range(8)])
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", "tiny-llama", "--data", str(data), "--seq-len", "64", "--mode", "full",
+                 "--lr", "1e30", "--out", str(out)]) == 2
+    err = _one_error_line(capsys.readouterr().err, "finetune")
+    assert len(err) == 1 and "training stopped before saving: the loss became nan" in err[0] and not out.exists()
+
+
+def test_train_step_refuses_a_batch_without_labels_and_leaves_the_weights():
+    from llmsculpt.testing import tiny_model
+    from llmsculpt.train.data import Example, collate
+    from llmsculpt.train.trainer import make_optimizer
+
+    model = tiny_model("tiny-llama")
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    batch = collate([Example([5, 6, 7, 8], [IGNORE] * 4)], 0)
+    with pytest.raises(SculptError, match="the loss became nan"):
+        train_step(model, batch, make_optimizer(model, 1e-3), 1e-3)
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
+
+
+def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path):
+    from llmsculpt.testing import tiny_model
+    from llmsculpt.train.checkpoint import _read_tree, _write_tree
+    from llmsculpt.train.trainer import make_optimizer
+
+    model = tiny_model("tiny-llama")
+    opt = make_optimizer(model, 1e-3, weight_decay=0.1)
+    ids = torch.randint(4, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    sd = opt.state_dict()
+    _write_tree(sd, tmp_path, "optimizer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["optimizer.json", "optimizer.safetensors"]
+    back = _read_tree(tmp_path, "optimizer", "cpu")
+    assert back["param_groups"] == sd["param_groups"]  # tuples (betas), None, bools: as they were
+    assert set(back["state"]) == set(sd["state"]) and all(isinstance(k, int) for k in back["state"])
+    for k, entry in sd["state"].items():
+        for name, value in entry.items():
+            assert torch.equal(back["state"][k][name], value) and back["state"][k][name].dtype == value.dtype
+    make_optimizer(model, 1e-3).load_state_dict(back)

@@ -41,6 +41,15 @@ def parse_layers(value: str | list | None, n_layers: int | None = None) -> tuple
     return tuple(out)
 
 
+def check_round_to(value) -> int:
+    """``round_to`` as given, if it is a positive integer (1: no rounding); else a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SculptError(
+            f"round_to must be a positive integer (1: no rounding; 32 suits llama.cpp's quantisation), got {value!r}"
+        )
+    return value
+
+
 @dataclass
 class DataConfig:
     """Calibration data: a text/JSONL file, an HF dataset name, or None for the embedded default."""
@@ -75,6 +84,8 @@ class PruneConfig:
     # default (uniform and its baselines: proportional, as LLM-Pruner; adaptive: importance)
     split: str | None = None
     seed: int = 0
+    # kept MLP widths and query heads × head_dim are multiples of this (allocation/rounding.py); 1: any
+    round_to: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     options: dict = field(default_factory=dict)
 
@@ -92,6 +103,7 @@ class PruneConfig:
             raise SculptError(f"target_params must be positive, got {self.target_params}")
         if self.attn_unit not in ("kv", "head"):
             raise SculptError(f"attn_unit must be 'kv' or 'head', got {self.attn_unit!r}")
+        check_round_to(self.round_to)
 
     def removal_target(self, original_params: int) -> int:
         """Number of parameters to remove from a model of ``original_params``."""
@@ -122,12 +134,7 @@ class PruneConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PruneConfig":
-        import yaml
+        from llmsculpt.io.files import read_yaml
 
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise SculptError(f"cannot read config {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise SculptError(f"config {path} must be a mapping of keys to values")
+        data = read_yaml(path, what="config")
         return cls.from_dict(data.get("prune", data))

@@ -50,7 +50,9 @@ class Plan:
             raise SculptError(f"not a valid llmsculpt plan: {exc}") from exc
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        from llmsculpt.io.files import dumps_json
+
+        Path(path).write_text(dumps_json(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":

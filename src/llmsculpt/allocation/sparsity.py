@@ -5,6 +5,12 @@ whole units (K/V groups, or query heads evenly across groups), so a layer with 3
 only lose 0, 33 or 67 % of its attention: we round the attention share to the nearest unit and let
 the MLP take up the difference, so the layer as a whole lands on S_i and both parts get pruned.
 Uniform pruning is the special case S_i = S for all layers; Adapt-Pruner uses S_i = S − A·I_i.
+
+With ``round_to`` N > 1 (see allocation/rounding.py) a layer's attention keeps an allowed unit
+count: the nearest one, or, when units and channels are ranked together, the allowed counts are
+taken in whole steps. Its MLP keeps at least the narrowest allowed width. Once the solver has
+found S, the MLP widths are apportioned to multiples of N, so the total lands as near the target
+as the multiples allow.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llmsculpt.allocation.rounding import allowed, apportion, head_step, nearest
+from llmsculpt.config import check_round_to
 from llmsculpt.errors import SculptError
 from llmsculpt.importance.groups import GroupScores, LayerScores
 from llmsculpt.plan import Plan
@@ -34,6 +42,7 @@ class PruneScope:
     # same fraction, rounded to whole units; LLM-Pruner) or "importance" (units and channels
     # ranked together by importance per parameter, lowest removed until the layer's target)
     split: str = "proportional"
+    round_to: int = 1  # kept MLP widths and query heads × head_dim multiples of this (1: any)
 
     def __post_init__(self):
         if self.attn_unit not in ("kv", "head"):
@@ -42,6 +51,7 @@ class PruneScope:
             raise SculptError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if not (self.attention or self.mlp):
             raise SculptError("nothing to prune: both attention and MLP are excluded")
+        check_round_to(self.round_to)
 
     def layer_ids(self, n_layers: int) -> list[int]:
         return list(range(n_layers)) if self.layers is None else [i for i in self.layers if 0 <= i < n_layers]
@@ -69,6 +79,22 @@ def _attn_unit_params(arch: Architecture, ls: LayerShape, unit: str) -> tuple[in
     return rep, ls.n_kv * (2 * h * d + bias)  # one query head from every group
 
 
+def _attn_step(arch: Architecture, ls: LayerShape, scope: PruneScope) -> int:
+    """Kept attention units come in multiples of this (1: any count); 0: none may go, because
+    uneven groups cannot honour ``round_to`` by whole K/V groups or evenly spread heads."""
+    if scope.round_to == 1:
+        return 1
+    if not ls.is_grouped_evenly:
+        return 1 if head_step(scope.round_to, arch.head_dim) == 1 else 0
+    per_unit = ls.n_heads // ls.n_kv if scope.attn_unit == "kv" else ls.n_kv
+    return head_step(scope.round_to, arch.head_dim, per_unit)
+
+
+def _mlp_floor(ls: LayerShape, scope: PruneScope) -> int:
+    """The narrowest MLP a layer may keep: one channel, or with rounding the smallest allowed width."""
+    return allowed(ls.mlp, scope.round_to)[0] if scope.round_to > 1 else 1
+
+
 def counts_for_sparsity(
     arch: Architecture,
     ls: LayerShape,
@@ -89,7 +115,8 @@ def counts_for_sparsity(
         return _joint_budget(arch, ls, orig, sparsity, scope, scores)
     n_orig, per_unit = _attn_unit_params(arch, orig, scope.attn_unit)
     n_now, _ = _attn_unit_params(arch, ls, scope.attn_unit)
-    if scope.attn_unit == "head" and not ls.is_grouped_evenly:
+    step = _attn_step(arch, ls, scope)
+    if (scope.attn_unit == "head" and not ls.is_grouped_evenly) or step == 0:
         n_orig = n_now = 1  # uneven groups cannot lose heads evenly; leave their attention alone
     per_channel = 3 * arch.hidden + (2 if arch.mlp_bias else 0)
     attn_total = n_orig * per_unit if scope.attention else 0
@@ -99,11 +126,14 @@ def counts_for_sparsity(
     if scope.attention and n_orig > 1:
         gone = round(sparsity * n_orig) if scope.mlp else round(target / per_unit)
         keep_units = min(n_now, min(max(n_orig - gone, 1), n_orig))
+        if step > 1:
+            ideal = n_orig - (sparsity * n_orig if scope.mlp else target / per_unit)
+            keep_units = nearest(min(ideal, n_now), allowed(n_now, step))
     channels = 0
     if scope.mlp:
         attn_gone = (n_orig - keep_units) * per_unit if scope.attention else 0
         keep_mlp = orig.mlp - round(max(0.0, target - attn_gone) / per_channel)
-        keep_mlp = min(ls.mlp, min(max(keep_mlp, 1), orig.mlp))
+        keep_mlp = min(ls.mlp, min(max(keep_mlp, _mlp_floor(ls, scope)), orig.mlp))
         channels = ls.mlp - keep_mlp
     units = n_now - keep_units
     return LayerBudget(units, channels, units * per_unit + channels * per_channel)
@@ -117,28 +147,41 @@ def _unit_scores(ls: LayerShape, scores: LayerScores, unit: str) -> list[float]:
     return [sum(g[r] for g in per_group) for r in range(min(len(g) for g in per_group))]
 
 
+def _unit_chunks(units: list[float], n_now: int, step: int) -> list[tuple[float, int]]:
+    """(summed score, units) of each removal that takes the kept count from one allowed value to
+    the next lower one, cheapest first; with step 1 simply every unit."""
+    if step == 1:
+        return [(v, 1) for v in units[: max(0, n_now - 1)]]
+    down = allowed(n_now, step)[::-1]
+    return [(sum(units[n_now - a : n_now - b]), a - b) for a, b in zip(down, down[1:])]
+
+
 def _joint_budget(arch, ls, orig, sparsity, scope, scores) -> LayerBudget:
     n_now, per_unit = _attn_unit_params(arch, ls, scope.attn_unit)
     per_channel = 3 * arch.hidden + (2 if arch.mlp_bias else 0)
     n_orig, _ = _attn_unit_params(arch, orig, scope.attn_unit)
     full = n_orig * per_unit + orig.mlp * per_channel
     need = sparsity * full - (full - (n_now * per_unit + ls.mlp * per_channel))
+    step = _attn_step(arch, ls, scope)
     if need <= 0 or (scope.attn_unit == "head" and not ls.is_grouped_evenly):
         return LayerBudget()
-    units = _unit_scores(ls, scores, scope.attn_unit)[: max(0, n_now - 1)]
-    channels = sorted(scores.mlp.tolist())[: ls.mlp - 1]
+    units = _unit_chunks(_unit_scores(ls, scores, scope.attn_unit), n_now, step) if step else []
+    channels = sorted(scores.mlp.tolist())[: ls.mlp - _mlp_floor(ls, scope)]
     # greedy by loss per parameter saved; a unit that would overshoot the target is skipped
-    items = [(v / per_unit, per_unit, "u") for v in units] + [(v / per_channel, per_channel, "c") for v in channels]
+    # (and, being a prefix, so is every later unit: a unit goes only after the cheaper ones)
+    items = [(v / (n * per_unit), n * per_unit, n) for v, n in units]
+    items += [(v / per_channel, per_channel, 0) for v in channels]
     items.sort(key=lambda t: t[0])
-    removed, n_units, n_channels = 0, 0, 0
-    for _, size, kind in items:
+    removed, n_units, n_channels, units_closed = 0, 0, 0, False
+    for _, size, n in items:
         if removed >= need:
             break
-        if removed + size > need + per_channel:
+        if removed + size > need + per_channel or (n and units_closed):
+            units_closed = units_closed or bool(n)
             continue
         removed += size
-        n_units += kind == "u"
-        n_channels += kind == "c"
+        n_units += n
+        n_channels += not n
     return LayerBudget(n_units, n_channels, removed)
 
 
@@ -191,7 +234,24 @@ def solve_uniform_offset(
             hi = mid
         else:
             lo = mid
-    return hi, budgets(hi)
+    found = budgets(hi)
+    if scope.round_to > 1 and scope.mlp:
+        _round_mlp(arch, found, remove, scope)
+    return hi, found
+
+
+def _round_mlp(arch: Architecture, budgets: dict[int, LayerBudget], remove: int, scope: PruneScope) -> None:
+    """Move every budget's kept MLP width to a multiple of ``round_to`` (rounding.apportion), so the
+    total removal is as near ``remove`` as the multiples allow."""
+    per_channel = 3 * arch.hidden + (2 if arch.mlp_bias else 0)
+    ideal = {i: arch.layers[i].mlp - b.mlp_channels for i, b in budgets.items()}
+    options = {i: allowed(arch.layers[i].mlp, scope.round_to) for i in budgets}
+    excess = remove - sum(b.removed_params for b in budgets.values())
+    keep = apportion(ideal, options, dict.fromkeys(budgets, per_channel), excess)
+    for i, b in budgets.items():
+        channels = arch.layers[i].mlp - keep[i]
+        b.removed_params += (channels - b.mlp_channels) * per_channel
+        b.mlp_channels = channels
 
 
 def _lowest(scores: torch.Tensor, k: int) -> set[int]:

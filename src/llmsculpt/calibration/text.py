@@ -8,7 +8,6 @@ that ships inside the PyPI ``gensim`` wheel (its test data), parsed at first use
 from __future__ import annotations
 
 import bz2
-import json
 import os
 import re
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from llmsculpt._resources import package_file
 from llmsculpt.errors import SculptError, require
+from llmsculpt.io.files import iter_jsonl, looks_local, read_text
 
 _GENSIM_DUMP = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 _CACHE_NAME = "enwiki-gensim-4.4.0.txt"
@@ -143,34 +143,36 @@ def default_documents(split: str = "calibration") -> list[str]:
 # ---- sources --------------------------------------------------------------------------------
 def _read_jsonl(path: Path, field: str | None) -> list[str]:
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SculptError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise SculptError(f"{path}:{n}: expected a JSON object")
-            if field:
-                if field not in rec:
-                    raise SculptError(f"{path}:{n}: no field {field!r}")
-                docs.append(str(rec[field]))
-            elif "text" in rec:
-                docs.append(str(rec["text"]))
-            elif "instruction" in rec:
-                docs.append("\n".join(str(rec.get(k, "")) for k in ("instruction", "input", "output") if rec.get(k)))
-            else:
-                raise SculptError(f"{path}:{n}: no 'text' field (or alpaca instruction/input/output); use a field name")
+    for n, rec in iter_jsonl(path, what="calibration file"):
+        if field:
+            if field not in rec:
+                raise SculptError(f"{path}:{n}: no field {field!r}")
+            docs.append(str(rec[field]))
+        elif "text" in rec:
+            docs.append(str(rec["text"]))
+        elif "instruction" in rec:
+            docs.append("\n".join(str(rec.get(k, "")) for k in ("instruction", "input", "output") if rec.get(k)))
+        else:
+            raise SculptError(f"{path}:{n}: no 'text' field (or alpaca instruction/input/output); use a field name")
     return docs
 
 
 def _hf_dataset(name: str, field: str | None) -> list[str]:
     """'path[:config[:split]]', e.g. 'wikitext:wikitext-2-raw-v1:train' (needs network)."""
+    from llmsculpt.models.loading import hub_unreachable
+
+    why = hub_unreachable()
+    if why:
+        raise SculptError(f"calibration source {name!r} is not a local file, and as a Hugging Face dataset it "
+                          f"cannot be fetched: {why}")
     datasets = require("datasets", extra="data", feature="Hugging Face datasets as calibration data")
     path, config, split = (name.split(":") + [None, None])[:3]
-    ds = datasets.load_dataset(path, config, split=split or "train")
+    try:
+        ds = datasets.load_dataset(path, config, split=split or "train")
+    except Exception as exc:  # the hub's errors are many and multi-line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SculptError(f"calibration source {name!r} is not a local file, and as a Hugging Face dataset it "
+                          f"could not be loaded: {first}") from None
     key = field or ("text" if "text" in ds.column_names else ds.column_names[0])
     return [str(t) for t in ds[key] if str(t).strip()]
 
@@ -181,19 +183,14 @@ def load_texts(source: str | os.PathLike | None = None, *, field: str | None = N
     if source is None or str(source) == "default":
         return default_documents(split)
     path = Path(source).expanduser()
-    if path.suffix in (".txt", ".jsonl", ".json", ".md") or path.exists():
-        if not path.is_file():
-            raise SculptError(f"text file {path} does not exist")
+    if path.suffix in (".txt", ".jsonl", ".json", ".md") or path.exists() or looks_local(str(source)):
         if path.suffix in (".jsonl", ".json"):
             docs = _read_jsonl(path, field)
         else:
-            try:
-                raw = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError as exc:
-                raise SculptError(f"{path} is not UTF-8 text: {exc}") from None
+            raw = read_text(path, what="calibration file")
             docs = [d.strip() for d in re.split(r"\n\s*\n", raw) if d.strip()]
         if not docs:
-            raise SculptError(f"text file {path} is empty")
+            raise SculptError(f"calibration file {path} is empty")
         return docs
     if "/" in str(source) or ":" in str(source):
         return _hf_dataset(str(source), field)

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
-
-from llmsculpt.errors import SculptError
 
 
 def add_model_argument(p: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -20,21 +16,15 @@ def add_model_argument(p: argparse.ArgumentParser, *, required: bool = False) ->
 
 
 def read_text_file(path: str) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise SculptError(f"text file {path} does not exist")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SculptError(f"cannot read {path} as UTF-8 text: {exc}") from exc
-    if not text.strip():
-        raise SculptError(f"text file {path} is empty")
-    return text
+    from llmsculpt.io.files import read_text
+
+    return read_text(path)
 
 
 def emit_json(obj: dict) -> None:
-    json.dump(obj, sys.stdout, indent=1, default=str)
-    sys.stdout.write("\n")
+    from llmsculpt.io.files import dumps_json
+
+    sys.stdout.write(dumps_json(obj) + "\n")
 
 
 def add_fsdp_argument(p: argparse.ArgumentParser) -> None:
@@ -50,3 +40,8 @@ def note_single_process_fsdp(args: argparse.Namespace) -> None:
     if args.fsdp and world_size_from_env() == 1:
         print("note: --fsdp has no effect in a single process; launch with torchrun --nproc_per_node N "
               "or accelerate launch", file=sys.stderr)
+
+
+def cli_arguments(args: argparse.Namespace) -> dict:
+    """The command line as given (for reports), without argparse's private entries."""
+    return {k: v for k, v in vars(args).items() if not k.startswith("_")}

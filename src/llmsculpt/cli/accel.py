@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="after each pruning: new AdamW (reset) or keep the surviving moments (carry)")
     add_fsdp_argument(p)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="pruned widths (MLP, query heads × head_dim) are multiples of N; "
+                        "32 lets a q8_0 GGUF export quantise every weight (default 1: any width)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt/")
@@ -45,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from llmsculpt.config import parse_count
     from llmsculpt.errors import SculptError
+    from dataclasses import asdict
+
+    from llmsculpt.cli._common import cli_arguments
     from llmsculpt.io.save import check_output_dir, save_pruned
     from llmsculpt.methods.adapt_accel import AccelConfig, run_accel
     from llmsculpt.models.loading import load
@@ -69,14 +75,14 @@ def run(args: argparse.Namespace) -> int:
         target_params=target, phases=args.phases, data_allocation=args.data_allocation, batch_size=args.batch_size,
         lr=args.lr, min_lr=args.min_lr, schedule=args.schedule, mode=args.mode, distill=args.distill,
         temperature=args.temperature, prune_steps=args.prune_steps, checkpoint_every=args.checkpoint_every, seed=args.seed,
-        optimizer_state=args.optimizer_state,
+        optimizer_state=args.optimizer_state, round_to=args.round_to,
     )
     ckpt = f"{str(args.out).rstrip('/')}.ckpt"
     model, plan, log = run_accel(model, tok, examples, cfg, checkpoint_dir=ckpt, resume=args.resume, shard=args.fsdp)
     if int(os.environ.get("RANK", "0")) != 0:  # multi-process run: the main process saves
         return 0
     report = {"method": "adapt-accel", "params_before": before, "params_after": count_params(model),
-              "config": vars(args) | {"target_params": target}, "log": log}
+              "config": cli_arguments(args) | {"target_params": target}, "recipe": asdict(cfg), "log": log}
 
     def draw(directory):
         import importlib.util

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from llmsculpt.cli._common import cli_arguments
     from llmsculpt.errors import SculptError
     from llmsculpt.io.save import check_output_dir, save_pruned
     from llmsculpt.models.loading import load
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     src = Path(str(args.model))
     plan = Plan.load(src / "plan.json") if (src / "plan.json").is_file() else None
     prior = json.loads((src / "sculpt_report.json").read_text()) if (src / "sculpt_report.json").is_file() else {}
-    report = {**prior, "finetune": {"mode": args.mode, "epochs": args.epochs, "lr": args.lr, "skipped": bad, "log": log}}
+    report = {**prior, "finetune": {"mode": args.mode, "epochs": args.epochs, "lr": args.lr, "skipped": bad, "log": log,
+                                       "recipe": cli_arguments(args)}}
     save_pruned(model, loaded.tokenizer, args.out, plan=plan, report=report, overwrite=args.overwrite)
     print(f"fine-tuned {len(log)} steps, final loss {log[-1]['loss']:.3f}; saved to {args.out}")
     return 0

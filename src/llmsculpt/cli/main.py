@@ -24,9 +24,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the whole usage block is one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message.splitlines()[0]} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sculpt", description="Structured pruning of causal LMs.")
-    sub = parser.add_subparsers(dest="command", metavar="command")
+    parser = OneLineParser(prog="sculpt", description="Structured pruning of causal LMs.")
+    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=OneLineParser)
     sub.required = True
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -41,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except SculptError as err:
-        print(f"sculpt {args.command}: error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, whatever the message held
+        print(f"sculpt {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sculpt {args.command}: interrupted", file=sys.stderr)

@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--continue-steps", type=int, default=0, help="training steps after the budget is met")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="pruned widths (MLP, query heads × head_dim, hidden) are multiples of N; "
+                        "32 lets a q8_0 GGUF export quantise every weight (default 1: any width)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints in <out>.ckpt/")
     p.add_argument("--resume", action="store_true", help="continue a killed run from <out>.ckpt/")
     add_fsdp_argument(p)
@@ -36,9 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
+    from dataclasses import asdict
 
+    from llmsculpt.cli._common import cli_arguments
     from llmsculpt.config import parse_count
+    from llmsculpt.io.files import dumps_json
     from llmsculpt.io.report import print_architecture
     from llmsculpt.io.save import check_output_dir, save_pruned
     from llmsculpt.methods.pruning_aware import PretrainPruneConfig, plot_trajectory, pretrain_prune
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         types=tuple(t.strip() for t in args.types.split(",")),
         fixed_order=tuple(t.strip() for t in args.fixed_order.split(",")) if args.fixed_order else None,
         obs=args.obs, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
-        continue_steps=args.continue_steps, seed=args.seed,
+        continue_steps=args.continue_steps, seed=args.seed, round_to=args.round_to,
     )
     loaded = load(args.model)
     examples, _ = load_examples(args.data, loaded.tokenizer, fmt="text", seq_len=args.seq_len)
@@ -64,10 +69,10 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # multi-process run: the main process saves
         return 0
     report = {"method": "pruning-aware", "params_before": before, "params_after": count_params(model),
-              "original_architecture": source.to_dict(), "config": vars(args)}
+              "original_architecture": source.to_dict(), "config": cli_arguments(args), "recipe": asdict(cfg)}
 
     def extras(directory):
-        (directory / "trajectory.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+        (directory / "trajectory.jsonl").write_text("".join(dumps_json(e, indent=None) + "\n" for e in log))
         import importlib.util
 
         if importlib.util.find_spec("matplotlib"):

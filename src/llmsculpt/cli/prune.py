@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-samples", type=int, default=None, help="calibration samples (default 10)")
     p.add_argument("--seq-len", type=int, default=None, help="calibration sample length (default 128)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--round-to", type=int, default=None, metavar="N",
+                   help="pruned widths (MLP, query heads × head_dim) are multiples of N; "
+                        "32 lets a q8_0 GGUF export quantise every weight (default 1: any width)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option (repeatable)")
     p.add_argument("--eval-text", default=None, help="text file for perplexity before/after (default: held-out part of the embedded text)")
     p.add_argument("--eval-windows", type=int, default=40, help="windows scored for that perplexity (default 40)")
@@ -54,6 +57,7 @@ def build_config(args: argparse.Namespace):
     direct = {
         "model": args.model, "method": args.method, "metric": args.metric, "aggregation": args.aggregation,
         "layers": args.layers, "attn_unit": args.attn_unit, "split": args.split, "seed": args.seed,
+        "round_to": args.round_to,
     }
     cfg.update({k: v for k, v in direct.items() if v is not None})
     data = {"calib": args.calib, "n_samples": args.n_samples, "seq_len": args.seq_len}

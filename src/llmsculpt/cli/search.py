@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-text", action="append", default=[], help="text file(s) scored per trial (default: embedded held-out text)")
     p.add_argument("--eval-windows", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="pruned widths (MLP, query heads × head_dim) are multiples of N; "
+                        "32 lets a q8_0 GGUF export quantise every weight (default 1: any width; kept in best.yaml)")
     p.add_argument("--study", required=True, help="study directory (resumes if it exists)")
 
 
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.trials < 1 or args.n_samples < 1 or args.pool_size < args.n_samples:
         raise SculptError("need --trials >= 1 and --pool-size >= --n-samples >= 1")
     cfg = PruneConfig(model=args.model, ratio=args.ratio, target_params=args.target_params, seed=args.seed,
+                      round_to=args.round_to,
                       data={"calib": args.calib, "seq_len": args.seq_len, "n_samples": args.n_samples})
     if args.eval_text:
         texts = [read_text_file(p) for p in args.eval_text]
@@ -46,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
         from llmsculpt.calibration import default_documents
 
         texts = ["\n\n".join(default_documents("heldout"))]
-    study_dir = Path(args.study)
+    from llmsculpt.io.save import check_writable
+
+    study_dir = check_writable(args.study)
     loaded = load(args.model)
     setup = SearchSetup(loaded.model, loaded.tokenizer, cfg, texts, pool_size=args.pool_size,
                         n_samples=args.n_samples, eval_windows=args.eval_windows)

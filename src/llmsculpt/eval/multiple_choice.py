@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from llmsculpt.errors import SculptError
+from llmsculpt.io.files import iter_jsonl, read_text
 
 
 @dataclass
@@ -118,16 +119,8 @@ def _record(path: Path, where: str, rec: object) -> McExample:
     return McExample(str(rec["context"]), choices, label)
 
 
-def _load_jsonl(path: Path, text: str) -> McTask:
-    examples = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SculptError(f"{path}:{n}: not valid JSON ({exc})") from None
-        examples.append(_record(path, str(n), rec))
+def _load_jsonl(path: Path) -> McTask:
+    examples = [_record(path, str(n), rec) for n, rec in iter_jsonl(path, what="task file")]
     return McTask(name=path.stem, examples=examples)
 
 
@@ -137,15 +130,10 @@ def load_mc_task(path: str | Path) -> McTask:
     Raises SculptError, naming the file (and line or example), when the file is malformed.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SculptError(f"task file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SculptError(f"cannot read task file {path}: {exc}") from None
     if path.suffix == ".jsonl":
-        task = _load_jsonl(path, text)
+        task = _load_jsonl(path)
     else:
+        text = read_text(path, what="task file")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

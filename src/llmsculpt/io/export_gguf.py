@@ -18,9 +18,16 @@ Llama-family Q/K rows are permuted from Hugging Face's rotate-half RoPE layout t
 interleaved one (the ``llama``/``deci`` graphs use normal RoPE); qwen2/qwen3 use NeoX RoPE in llama.cpp,
 which *is* the rotate-half layout, so their rows are written as they are.
 
+RoPE scaling is written as llama.cpp's own converter does: ``linear`` and ``yarn`` as
+``rope.scaling.*`` keys (every target); ``llama3`` (Llama-3.1/3.2) as a ``rope_freqs.weight`` tensor
+of per-frequency divisors, which the ``llama`` and ``deci`` graphs read (qwen2/qwen3 do not: refused).
+Other kinds (dynamic, longrope, ...) are refused naming the kind.
+
 The tokenizer (byte-level BPE: SmolLM, Llama-3, Qwen2 style) is embedded so the file is
-self-contained. Tensor types: ``f32``, ``f16`` and ``q8_0`` (norms and biases always stay f32; a
-matrix whose rows are not a multiple of 32 stays f16 in a q8_0 file).
+self-contained. Tensor types: ``f32``, ``f16`` and ``q8_0``; norms, biases and ``rope_freqs`` always
+stay f32. q8_0 quantises rows in blocks of 32, so a q8_0 export is refused, naming the matrices, when
+some row width is not a multiple of 32 (prune with ``--round-to 32``); ``allow_mixed=True``
+(``--allow-mixed``) keeps those matrices f16 instead, with a warning.
 
 Example:
     >>> from llmsculpt.models.loading import load
@@ -30,8 +37,11 @@ Example:
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +54,7 @@ from llmsculpt.models.spec import spec_for
 from llmsculpt.structures.shapes import Architecture, architecture
 
 DTYPES = ("f32", "f16", "q8_0")
+ROPE_KEY = "llmsculpt.rope_parameters"  # the HF rope_parameters, JSON, when RoPE is scaled
 _FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7}  # llama_ftype: ALL_F32, MOSTLY_F16, MOSTLY_Q8_0
 
 
@@ -79,12 +90,104 @@ def gguf_target(arch: Architecture) -> Target:
     raise SculptError(f"GGUF export supports llama, mistral, qwen2 and qwen3 models, not {mt!r}")
 
 
-def _rope_theta(cfg) -> float:
-    params = getattr(cfg, "rope_parameters", None) or {}
-    kind = params.get("rope_type", "default")
-    if kind != "default" or getattr(cfg, "rope_scaling", None) not in (None, {}, params):
-        raise SculptError(f"GGUF export supports plain RoPE only; this model uses rope scaling {kind!r}")
-    return float(params.get("rope_theta") or getattr(cfg, "rope_theta", None) or 10000.0)
+@dataclass(frozen=True)
+class Rope:
+    """RoPE as llama.cpp reads it: the base, llama.cpp's scaling metadata and (llama3) ``rope_freqs``."""
+
+    theta: float
+    kind: str = "default"  # the HF rope_type: default | linear | yarn | llama3
+    factor: float = 1.0  # linear, yarn
+    orig_ctx: int = 0  # yarn: original_max_position_embeddings
+    attn_factor: float = 1.0  # yarn: cos/sin scale beyond llama.cpp's own 0.1 ln(factor) + 1
+    freqs: torch.Tensor | None = None  # llama3: per-frequency divisors, written as rope_freqs.weight
+
+
+def _mscale(scale: float, m: float = 1.0) -> float:
+    """YaRN's attention scale 0.1 m ln(s) + 1 (1 when not extending), as transformers and llama.cpp use it."""
+    return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+
+def llama3_rope_factors(
+    *, theta: float, dim: int, factor: float, low_freq_factor: float, high_freq_factor: float, orig_ctx: int,
+) -> torch.Tensor:
+    """Llama-3.1 RoPE as per-frequency divisors of the plain inverse frequencies (length ``dim // 2``, f32).
+
+    Wavelengths shorter than ``orig_ctx / high_freq_factor`` are kept (1), longer than ``orig_ctx /
+    low_freq_factor`` are divided by ``factor``, and the band between is interpolated smoothly. llama.cpp
+    divides each rotation angle by these (its ``rope_freqs`` tensor), so plain inv_freq / divisor is
+    exactly transformers' llama3 inv_freq.
+    """
+    inv = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    wavelen = 2 * math.pi / inv
+    smooth = (orig_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    medium = 1.0 / ((1 - smooth) / factor + smooth)
+    out = torch.where(wavelen > orig_ctx / low_freq_factor, torch.full_like(inv, factor), medium)
+    return torch.where(wavelen < orig_ctx / high_freq_factor, torch.ones_like(inv), out).to(torch.float32)
+
+
+_ROPE_KINDS = "default, linear, yarn and llama3"
+
+
+def gguf_rope(cfg, *, head_dim: int, target: Target) -> Rope:
+    """The RoPE of ``cfg`` in llama.cpp's terms, or a one-line SculptError naming what llama.cpp lacks."""
+    params = dict(getattr(cfg, "rope_parameters", None) or {})
+    if any(isinstance(v, dict) for v in params.values()):
+        raise SculptError(f"GGUF export: per-layer-type RoPE parameters ({', '.join(params)}) are not supported")
+    kind = str(params.get("rope_type") or params.get("type") or "default").lower()
+    theta = float(params.get("rope_theta") or getattr(cfg, "rope_theta", None) or 10000.0)
+    partial = params.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None))
+    if partial not in (None, 1, 1.0):
+        raise SculptError(f"GGUF export: partial rotary embeddings (partial_rotary_factor={partial}) are not "
+                          f"supported by llama.cpp's {target.name} graph; export with --format hf instead")
+
+    def need(key: str) -> float:
+        if params.get(key) is None:
+            raise SculptError(f"GGUF export: rope scaling {kind!r} without {key!r} in the config's rope_parameters")
+        return float(params[key])
+
+    if kind == "default":
+        return Rope(theta)
+    if kind == "linear":
+        return Rope(theta, kind, factor=need("factor"))
+    if kind == "llama3":
+        if target.name not in ("llama", "deci"):
+            raise SculptError(f"GGUF export: rope scaling 'llama3' needs per-frequency factors (rope_freqs), which "
+                              f"llama.cpp's {target.name} graph does not read; export with --format hf instead")
+        freqs = llama3_rope_factors(
+            theta=theta, dim=head_dim, factor=need("factor"), low_freq_factor=need("low_freq_factor"),
+            high_freq_factor=need("high_freq_factor"), orig_ctx=int(need("original_max_position_embeddings")),
+        )
+        return Rope(theta, kind, freqs=freqs)
+    if kind == "yarn":
+        orig = int(params.get("original_max_position_embeddings") or cfg.max_position_embeddings)
+        factor = float(params.get("factor") or cfg.max_position_embeddings / orig)
+        fixed = {"beta_fast": 32, "beta_slow": 1, "truncate": True}  # what llama.cpp's graphs use, not read
+        odd = [f"{k}={params[k]}" for k, v in fixed.items() if params.get(k) not in (None, v)]
+        if odd:
+            raise SculptError(f"GGUF export: rope scaling 'yarn' with {', '.join(odd)} is not supported (llama.cpp's "
+                              f"{target.name} graph uses {', '.join(f'{k}={v}' for k, v in fixed.items())})")
+        attn = params.get("attention_factor")
+        if attn is None:
+            mscale, mscale_all = params.get("mscale"), params.get("mscale_all_dim")
+            attn = _mscale(factor, mscale) / _mscale(factor, mscale_all) if mscale and mscale_all else _mscale(factor)
+        return Rope(theta, kind, factor=factor, orig_ctx=orig, attn_factor=float(attn) / _mscale(factor))
+    raise SculptError(f"GGUF export: rope scaling {kind!r} is not supported (llama.cpp's {target.name} graph has no "
+                      f"equivalent; supported: {_ROPE_KINDS}); export with --format hf instead")
+
+
+def _add_rope_metadata(writer, rope: Rope) -> None:
+    """RoPE keys as llama.cpp's converter writes them; llama3 needs none beyond the ``rope_freqs`` tensor
+    (absent a scaling type llama.cpp reads "linear" with factor 1, i.e. no scaling)."""
+    import gguf
+
+    writer.add_rope_freq_base(rope.theta)
+    if rope.kind in ("linear", "yarn"):
+        writer.add_rope_scaling_type(gguf.RopeScalingType(rope.kind))
+        writer.add_rope_scaling_factor(rope.factor)
+    if rope.kind == "yarn":
+        writer.add_rope_scaling_orig_ctx_len(rope.orig_ctx)
+        if abs(rope.attn_factor - 1.0) > 1e-7:
+            writer.add_rope_scaling_attn_factors(rope.attn_factor)
 
 
 def _permute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -93,28 +196,50 @@ def _permute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, 2, hd // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
+Q8_0_BLOCK = 32  # llama.cpp quantises rows in blocks of 32 values
+
+
+class MixedQuantWarning(UserWarning):
+    """A q8_0 export kept some matrices f16 (``allow_mixed=True``)."""
+
+
 def _array(t: torch.Tensor, dtype: str):
-    """numpy data and (for q8_0) the ggml type for one tensor; 1-D tensors stay f32."""
+    """numpy data and (for q8_0) the ggml type for one tensor; 1-D tensors stay f32, and so does any
+    tensor in an f32 file; a matrix whose rows do not split into q8_0 blocks stays f16."""
     import gguf
 
     a = t.detach().to(device="cpu", dtype=torch.float32).numpy()
     if a.ndim == 1 or dtype == "f32":
         return a, None
-    if dtype == "q8_0" and a.shape[-1] % 32 == 0:
+    if dtype == "q8_0" and a.shape[-1] % Q8_0_BLOCK == 0:
         return gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
     return a.astype(np.float16), None
 
 
+def q8_0_misfits(tensors: list[tuple[str, torch.Tensor]]) -> list[tuple[str, int]]:
+    """(name, row width) of every matrix that q8_0 cannot quantise: its rows are not a multiple of 32."""
+    return [(n, t.shape[-1]) for n, t in tensors if t.dim() == 2 and t.shape[-1] % Q8_0_BLOCK]
+
+
+def _misfit_list(misfits: list[tuple[str, int]], shown: int = 3) -> str:
+    names = ", ".join(f"{n} (width {w})" for n, w in misfits[:shown])
+    return names + (f" and {len(misfits) - shown} more" if len(misfits) > shown else "")
+
+
 def export_gguf(
     model, tokenizer, out: str | os.PathLike, *, dtype: str = "f16", overwrite: bool = False,
-    pre_tokenizer: str | None = None,
+    pre_tokenizer: str | None = None, allow_mixed: bool = False,
 ) -> Path:
     """Write ``model`` + ``tokenizer`` to one GGUF file that llama.cpp loads.
 
     The file appears atomically (temp file in the target directory, then rename); on any error no
-    file is left behind. Every check (dtype, architecture, tokenizer, output path) runs before
-    anything is written. ``pre_tokenizer`` overrides llama.cpp's pre-tokenizer name
+    file is left behind. Every check (dtype, architecture, RoPE, tokenizer, q8_0 widths, output path)
+    runs before anything is written. ``pre_tokenizer`` overrides llama.cpp's pre-tokenizer name
     (``tokenizer.ggml.pre``), which is otherwise derived from the tokenizer.
+
+    With ``dtype="q8_0"`` every matrix is quantised, or, when some row width is not a multiple of 32
+    (prune with ``--round-to 32`` to avoid that), the export is refused naming them; ``allow_mixed=True``
+    keeps those matrices f16 instead and says so with a :class:`MixedQuantWarning`.
     """
     import gguf
 
@@ -124,7 +249,7 @@ def export_gguf(
     arch = architecture(model)
     target = gguf_target(arch)
     cfg = model.config
-    rope_theta = _rope_theta(cfg)
+    rope = gguf_rope(cfg, head_dim=arch.head_dim, target=target)
     pre = check_tokenizer(tokenizer, vocab=arch.vocab, pre_tokenizer=pre_tokenizer)
     out = Path(out)
     if out.is_dir():
@@ -142,6 +267,31 @@ def export_gguf(
     if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
         ctx = min(ctx, int(cfg.sliding_window))  # llama.cpp's llama graph has no window: exact up to it
 
+    tensors: list[tuple[str, torch.Tensor]] = []  # views, except the permuted / duplicated Q and K/V rows
+
+    def add(name: str, t: torch.Tensor) -> None:
+        tensors.append((name, t))
+
+    add("token_embd.weight", model.get_input_embeddings().weight)
+    add("output_norm.weight", model.model.norm.weight)
+    if not arch.tied:
+        add("output.weight", model.lm_head.weight)
+    if rope.freqs is not None:
+        add("rope_freqs.weight", rope.freqs)
+    for i, (layer, ls) in enumerate(zip(spec.decoder_layers(model), arch.layers)):
+        _add_layer(add, spec, layer, ls, i, hd=hd, n_kv=kv[i], target=target)
+    misfits = q8_0_misfits(tensors) if dtype == "q8_0" else []
+    if misfits and not allow_mixed:
+        raise SculptError(
+            f"q8_0 export: {len(misfits)} of {sum(t.dim() == 2 for _, t in tensors)} matrices cannot be quantised "
+            f"because their row width is not a multiple of {Q8_0_BLOCK} (llama.cpp's q8_0 block): "
+            f"{_misfit_list(misfits)}; re-prune with --round-to {Q8_0_BLOCK}, or pass --allow-mixed "
+            "(allow_mixed=True) to keep them f16"
+        )
+    if misfits:
+        warnings.warn(f"q8_0 export: kept {len(misfits)} matrices f16 (row width not a multiple of {Q8_0_BLOCK}): "
+                      f"{_misfit_list(misfits)}", MixedQuantWarning, stacklevel=2)
+
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     writer = None
@@ -157,25 +307,19 @@ def export_gguf(
         writer.add_key_length(hd)
         writer.add_value_length(hd)
         writer.add_rope_dimension_count(hd)
-        writer.add_rope_freq_base(rope_theta)
+        _add_rope_metadata(writer, rope)
+        if rope.kind != "default":  # transformers' GGUF reader drops rope scaling: keep it for llmsculpt.load
+            writer.add_string(ROPE_KEY, json.dumps(dict(getattr(cfg, "rope_parameters", None) or {})))
         writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
         writer.add_vocab_size(arch.vocab)
         writer.add_file_type(_FILE_TYPE[dtype])
         add_tokenizer(writer, tokenizer, pre=pre, vocab=arch.vocab)
-
-        def add(name: str, t: torch.Tensor) -> None:
+        for name, t in tensors:
             data, qtype = _array(t, dtype)
             if qtype is None:
                 writer.add_tensor(name, data)
             else:
                 writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
-
-        add("token_embd.weight", model.get_input_embeddings().weight)
-        add("output_norm.weight", model.model.norm.weight)
-        if not arch.tied:
-            add("output.weight", model.lm_head.weight)
-        for i, (layer, ls) in enumerate(zip(spec.decoder_layers(model), arch.layers)):
-            _add_layer(add, spec, layer, ls, i, hd=hd, n_kv=kv[i], target=target)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -19,7 +19,9 @@ from typing import Iterator
 from torch import nn
 
 from llmsculpt.errors import SculptError
+from llmsculpt.io.files import dumps_json, versions
 from llmsculpt.models import sculpt_modeling
+from llmsculpt.models.spec import SCULPT_PREFIX
 from llmsculpt.plan import Plan
 from llmsculpt.surgery.config import is_vanilla, sync_config
 
@@ -27,21 +29,50 @@ REMOTE_FILE = "sculpt_modeling.py"
 
 
 def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Fail early (before any work) if ``out`` cannot be written or would be clobbered."""
+    """Fail early (before any work) if ``out`` cannot be written or would be clobbered.
+
+    Writability is tested by really creating (and removing) a directory where ``out`` will be
+    made: permission bits lie for root and on special or read-only file systems (/proc, /sys)."""
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise SculptError(f"output path {out} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise SculptError(f"output directory {out} already exists; pass --overwrite to replace it")
-    parent = out.absolute().parent
-    probe = parent
+    _probe_writable(out)
+    return out
+
+
+def check_output_file(out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """The same early check for an output that is one file (a .gguf, a JSON report)."""
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise SculptError(f"output path {out} is a directory; give a file name")
+    if out.exists() and not overwrite:
+        raise SculptError(f"output file {out} already exists; pass --overwrite to replace it")
+    _probe_writable(out)
+    return out
+
+
+def check_writable(out: str | os.PathLike) -> Path:
+    """Only the writability part (for outputs that are resumed in place, like a search study)."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise SculptError(f"output path {out} exists and is not a directory")
+    _probe_writable(out if not out.exists() else out / "probe")
+    return out
+
+
+def _probe_writable(out: Path) -> None:
+    probe = out.absolute().parent
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise SculptError(f"output directory {out} cannot be created: {probe} is a file")
-    if not os.access(probe, os.W_OK):
-        raise SculptError(f"output directory {out} is not writable (no write permission on {probe})")
-    return out
+        raise SculptError(f"output {out} cannot be created: {probe} is a file")
+    try:
+        Path(tempfile.mkdtemp(prefix=".sculpt-probe-", dir=probe)).rmdir()
+    except OSError as exc:
+        raise SculptError(f"output {out} cannot be written: cannot create anything in {probe} "
+                          f"({exc.strerror or exc})") from None
 
 
 @contextmanager
@@ -92,6 +123,11 @@ def write_model_files(model: nn.Module, tokenizer, directory: Path) -> dict:
             "AutoModelForCausalLM": f"{module}.{model_cls.__name__}",
         }
         shutil.copyfile(sculpt_modeling.__file__, directory / REMOTE_FILE)
+    elif cfg.get("model_type", "").startswith(SCULPT_PREFIX):  # a loaded per-layer model made uniform again
+        family_model = sculpt_modeling.SCULPT_CLASSES[arch.model_type][1].__mro__[1]
+        cfg["model_type"] = arch.model_type
+        cfg["architectures"] = [family_model.__name__]
+        cfg.pop("auto_map", None)
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
     return {**arch.to_dict(), "plain_transformers": vanilla}
 
@@ -114,8 +150,8 @@ def save_pruned(
         arch = write_model_files(model, tokenizer, tmp)
         if plan is not None:
             plan.save(tmp / "plan.json")
-        full_report = {"architecture": arch, **(report or {})}
-        (tmp / "sculpt_report.json").write_text(json.dumps(full_report, indent=1, default=str))
+        full_report = {"architecture": arch, **(report or {}), "versions": versions()}
+        (tmp / "sculpt_report.json").write_text(dumps_json(full_report))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         if after is not None:  # e.g. plots: still inside the atomic directory

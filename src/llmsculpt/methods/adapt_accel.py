@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from llmsculpt.config import PruneConfig
+from llmsculpt.config import PruneConfig, check_round_to
 from llmsculpt.errors import SculptError
 from llmsculpt.methods.base import PruneContext, get_method
 from llmsculpt.plan import Plan
@@ -65,6 +65,7 @@ class AccelConfig:
     checkpoint_every: int = 50
     optimizer_state: str = "reset"  # reset | carry: AdamW moments across a pruning (train/optim_carry.py)
     seed: int = 0
+    round_to: int = 1  # every phase's plan keeps MLP widths and query heads × head_dim multiples of this
 
     def __post_init__(self):
         if self.mode not in ("full", "lora"):
@@ -73,6 +74,7 @@ class AccelConfig:
             raise SculptError(f"optimizer_state must be reset or carry, got {self.optimizer_state!r}")
         if self.batch_size < 1 or self.phases < 1:
             raise SculptError("batch size and phases must be >= 1")
+        check_round_to(self.round_to)
 
 
 class Interrupted(Exception):
@@ -151,7 +153,7 @@ def run_accel(
 
             model = _seeded_lora(model, cfg.seed + state["phase"])
             optimizer = make_optimizer(model, cfg.lr)
-            found = load_adapters(ckpt, state)
+            found = load_adapters(ckpt, state, device=where)
             if found is not None:
                 adapters, adapter_opt, state = found
                 set_peft_model_state_dict(model, adapters)
@@ -182,6 +184,7 @@ def run_accel(
                 model = merge_lora(model)
                 procs.sync(net, model)
                 pcfg = PruneConfig(method=cfg.prune_method, target_params=targets[phase], seed=cfg.seed + phase,
+                                   round_to=cfg.round_to,
                                    options={"steps": cfg.prune_steps} if cfg.prune_method == "adaptive" else {})
                 calib = _calibration(data or examples, cfg.calib_samples, cfg.calib_len, cfg.seed + phase)
                 carry = (_Carry(procs, model, optimizer)

@@ -12,12 +12,18 @@
    configs cannot express "bias on o_proj/down_proj only", so the model is saved with llmsculpt's
    config (``sculpt_output_bias``), loading via ``llmsculpt.load`` or trust_remote_code; the
    biases cost 2 × hidden parameters per layer (counted in the report).
+
+With ``round_to`` N > 1 the global ranking's per-layer counts are then rounded
+(allocation/rounding.py): each layer's attention to the nearest allowed unit count, and the MLP
+widths to multiples of N, apportioned so the total stays as near the target as the multiples
+allow. Within a layer, the lowest-scored units and channels still go.
 """
 
 from __future__ import annotations
 
 import torch
 
+from llmsculpt.allocation.rounding import allowed, apportion, head_step, nearest
 from llmsculpt.importance.collect import collect_stats
 from llmsculpt.importance.fluctuation import fluctuation, output_input_moments, standardise
 from llmsculpt.methods.base import METHODS, PruneContext, PruneResult
@@ -70,6 +76,8 @@ def flap(ctx: PruneContext) -> PruneResult:
     remove = cfg.removal_target(arch.param_count())
     bias_cost = len(arch.layers) * 2 * h  # compensation biases added below
     drop = _choose(candidates, remove + bias_cost, arch, scope.attn_unit)
+    if scope.round_to > 1:
+        drop = _round_drop(drop, candidates, remove + bias_cost, arch, scope)
     plan = _plan_from(arch, drop, scope.attn_unit)
     comp = _compensation(model, spec, arch, plan, moments, hd)
     apply_plan(model, plan)
@@ -98,6 +106,38 @@ def _choose(candidates, remove: int, arch, unit: str) -> dict[tuple[int, str], l
         drop.setdefault((i, kind), []).append(j)
         removed += params
     return drop
+
+
+def _round_drop(drop, candidates, remove: int, arch, scope) -> dict[tuple[int, str], list[int]]:
+    """``drop`` with every layer's kept attention and MLP counts moved to allowed ones (rounding
+    module), the lowest-scored of each layer going first; the MLP widths apportioned so the total
+    removed stays as near ``remove`` as the multiples allow."""
+    by_part: dict[tuple[int, str], list[tuple[float, int, int]]] = {}
+    for score, i, kind, j, params in candidates:
+        by_part.setdefault((i, kind), []).append((score, j, params))
+    for part in by_part.values():
+        part.sort(key=lambda c: c[0])
+    out, removed, mlp_ideal = {}, 0, {}
+    for (i, kind), part in by_part.items():
+        ls, gone = arch.layers[i], len(drop.get((i, kind), []))
+        if kind == "mlp":
+            mlp_ideal[i] = ls.mlp - gone
+            continue
+        kv = scope.attn_unit == "kv"
+        n = ls.n_kv if kv else ls.n_heads
+        step = head_step(scope.round_to, arch.head_dim, ls.n_heads // ls.n_kv if kv else 1)
+        uneven = kv and step > 1 and not ls.is_grouped_evenly  # K/V groups of different sizes: leave them
+        keep = n if uneven else nearest(n - gone, allowed(n, step))
+        out[(i, kind)] = [j for _, j, _ in part[: n - keep]]
+        removed += sum(p for _, _, p in part[: n - keep])
+    if mlp_ideal:
+        cost = {i: by_part[(i, "mlp")][0][2] for i in mlp_ideal}
+        removed += sum((arch.layers[i].mlp - m) * cost[i] for i, m in mlp_ideal.items())
+        options = {i: allowed(arch.layers[i].mlp, scope.round_to) for i in mlp_ideal}
+        keep = apportion(mlp_ideal, options, cost, remove - removed)
+        for i, k in keep.items():
+            out[(i, "mlp")] = [j for _, j, _ in by_part[(i, "mlp")][: arch.layers[i].mlp - k]]
+    return {part: gone for part, gone in out.items() if gone}
 
 
 def _plan_from(arch, drop, unit: str) -> Plan:

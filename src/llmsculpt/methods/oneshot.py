@@ -24,6 +24,7 @@ def scope_of(config: PruneConfig, n_layers: int, *, default_split: str = "propor
         mlp=config.mlp,
         attn_unit=config.attn_unit,
         split=config.split or default_split,
+        round_to=config.round_to,
     )
 
 

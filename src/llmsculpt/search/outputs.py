@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from llmsculpt.io.files import dumps_json
 
 
 def completed(study) -> list:
@@ -17,7 +18,7 @@ def write_trials(study, study_dir: Path, tag: str) -> None:
         {"number": t.number, "state": t.state.name, "value": t.value, "seconds": t.user_attrs.get("seconds"), **t.params}
         for t in study.trials
     ]
-    (study_dir / f"trials_{tag}.json").write_text(json.dumps(rows, indent=1))
+    (study_dir / f"trials_{tag}.json").write_text(dumps_json(rows))
     study.trials_dataframe().to_csv(study_dir / f"trials_{tag}.csv", index=False)
 
 

@@ -67,7 +67,9 @@ class Objective:
         return value if math.isfinite(value) else float("nan")
 
     def __call__(self, trial) -> float:
-        samples = [trial.suggest_int(f"sample_{k}", 0, len(self.pool) - 1) for k in range(self.setup.n_samples)]
+        # categorical, not int: pool slots are names, and TPE must not model "nearby" indices as similar
+        slots = list(range(len(self.pool)))
+        samples = [trial.suggest_categorical(f"sample_{k}", slots) for k in range(self.setup.n_samples)]
         params = dict(
             alpha1=trial.suggest_float("alpha1", 0.0, 1.0),
             alpha2=trial.suggest_float("alpha2", 0.0, 1.0),

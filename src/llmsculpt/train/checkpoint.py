@@ -1,7 +1,7 @@
 """Checkpoints of long pruning-and-training runs (Adapt-Accel, pruning-aware training).
 
 ``<dir>/last/`` holds the model (pruned shapes and all, loadable with ``llmsculpt.load``), the
-optimiser state and ``state.json`` (counters, the composed plan, the run's configuration). A new
+optimiser state (``optimizer.safetensors`` + ``optimizer.json``) and ``state.json`` (counters, the composed plan, the run's configuration). A new
 checkpoint is written to ``last.tmp`` and swapped in with renames, so a run killed at any moment
 leaves a complete checkpoint: ``last``, or ``last.old`` if it died between the two renames.
 ``<dir>/log.jsonl`` is the run's log; on resume, entries after the checkpoint are dropped.
@@ -9,6 +9,9 @@ leaves a complete checkpoint: ``last``, or ``last.old`` if it died between the t
 LoRA training keeps its base weights frozen, so within a phase only the adapters and the optimiser
 change: ``<dir>/adapters/`` (written the same atomic way) holds those and the run state, on top of
 the base model in ``last``; it is only used when it continues the phase ``last`` starts.
+
+Nothing here is pickled: tensors go to safetensors files, everything else to JSON, so reading a
+checkpoint never runs code from it, and tensors are loaded straight onto the training device.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def save_checkpoint(directory: Path, model, tokenizer, optimizer_state: dict | N
             if was_on:
                 hf_logging.enable_progress_bar()
         if optimizer_state is not None:
-            torch.save(optimizer_state, tmp / "optimizer.pt")
+            _write_tree(optimizer_state, tmp, "optimizer")
         (tmp / "state.json").write_text(json.dumps(state))
 
     _swap_in(directory, "last", fill)
@@ -61,18 +64,22 @@ def _swap_in(directory: Path, name: str, fill) -> None:
 def save_adapters(directory: Path, model, optimizer, state: dict) -> None:
     """Checkpoint a LoRA phase in progress: adapter weights, optimiser state and run state."""
     from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
 
     def fill(tmp: Path) -> None:
-        torch.save({k: v.detach().cpu() for k, v in get_peft_model_state_dict(model).items()}, tmp / "adapters.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        adapters = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        save_file(adapters, tmp / "adapters.safetensors")
+        _write_tree(optimizer.state_dict(), tmp, "optimizer")
         (tmp / "state.json").write_text(json.dumps(state))
 
     _swap_in(directory, "adapters", fill)
 
 
-def load_adapters(directory: Path, base_state: dict) -> tuple[dict, dict, dict] | None:
-    """(adapter weights, optimiser state, run state) if ``<dir>/adapters`` continues the phase that
-    the base checkpoint (run state ``base_state``) starts; else None."""
+def load_adapters(directory: Path, base_state: dict, device) -> tuple[dict, dict, dict] | None:
+    """(adapter weights, optimiser state, run state), tensors on ``device``, if ``<dir>/adapters``
+    continues the phase that the base checkpoint (run state ``base_state``) starts; else None."""
+    from safetensors.torch import load_file
+
     where = directory / "adapters"
     if not (where / "state.json").is_file():
         return None
@@ -80,7 +87,9 @@ def load_adapters(directory: Path, base_state: dict) -> tuple[dict, dict, dict] 
     if not (base_state.get("pruned") and state.get("phase") == base_state.get("phase")
             and state.get("global_step", 0) > base_state.get("global_step", 0)):
         return None
-    return torch.load(where / "adapters.pt"), torch.load(where / "optimizer.pt"), state
+    _refuse_pickles(where)
+    adapters = load_file(where / "adapters.safetensors", device=str(torch.device(device)))
+    return adapters, _read_tree(where, "optimizer", device), state
 
 
 def latest(directory: Path) -> Path:
@@ -103,9 +112,75 @@ def load_checkpoint(directory: Path, config: dict, device) -> tuple[torch.nn.Mod
                          if config.get(k) != state.get("config", {}).get(k))
         raise SculptError(f"the checkpoint in {directory} was made with different settings ({', '.join(changed)}); "
                           "resume with the same command")
+    _refuse_pickles(where)
     model = load(where, device=device).model
-    opt = torch.load(where / "optimizer.pt", map_location=device) if (where / "optimizer.pt").is_file() else None
+    opt = _read_tree(where, "optimizer", device) if (where / "optimizer.json").is_file() else None
     return model, opt, state
+
+
+def _refuse_pickles(where: Path) -> None:
+    """Checkpoints of older versions pickled their tensors; we never unpickle (it runs code)."""
+    old = sorted(p.name for p in where.glob("*.pt"))
+    if old:
+        raise SculptError(f"the checkpoint in {where} holds pickled tensors ({', '.join(old)}) from an older "
+                          "llmsculpt, which are not read; start the run again without --resume")
+
+
+# A nested state (an optimiser's state_dict) as JSON plus one safetensors file. JSON keeps what it
+# cannot say itself (tensors, tuples, non-string keys) as one-key markers, so the round trip is exact.
+_TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
+
+
+def _write_tree(tree, directory: Path, name: str) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _pack(tree, tensors)
+    save_file(tensors, directory / f"{name}.safetensors")
+    (directory / f"{name}.json").write_text(json.dumps(skeleton, allow_nan=False))
+
+
+def _read_tree(directory: Path, name: str, device):
+    from safetensors.torch import load_file
+
+    tensors = load_file(directory / f"{name}.safetensors", device=str(torch.device(device)))
+    return _unpack(json.loads((directory / f"{name}.json").read_text()), tensors)
+
+
+def _pack(obj, tensors: dict[str, torch.Tensor]):
+    if isinstance(obj, torch.Tensor):
+        key = str(len(tensors))
+        t = obj.detach().cpu().contiguous()
+        if t.numel() and any(t.untyped_storage().data_ptr() == u.untyped_storage().data_ptr()
+                             for u in tensors.values() if u.numel()):
+            t = t.clone()  # safetensors stores no two keys on one storage
+        tensors[key] = t
+        return {_TENSOR: key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _pack(v, tensors) for k, v in obj.items()}
+        return {_ITEMS: [[k, _pack(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {_TUPLE: [_pack(v, tensors) for v in obj]}
+    if isinstance(obj, list):
+        return [_pack(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} without pickling it")
+
+
+def _unpack(obj, tensors: dict[str, torch.Tensor]):
+    if isinstance(obj, list):
+        return [_unpack(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if set(obj) == {_TENSOR}:
+        return tensors[obj[_TENSOR]]
+    if set(obj) == {_TUPLE}:
+        return tuple(_unpack(v, tensors) for v in obj[_TUPLE])
+    if set(obj) == {_ITEMS}:
+        return {(tuple(k) if isinstance(k, list) else k): _unpack(v, tensors) for k, v in obj[_ITEMS]}
+    return {k: _unpack(v, tensors) for k, v in obj.items()}
 
 
 def read_log(directory: Path, before_step: int) -> list[dict]:

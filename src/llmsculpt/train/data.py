@@ -4,13 +4,13 @@ prompt tokens are masked out of the loss (label −100)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from llmsculpt.errors import SculptError
+from llmsculpt.io.files import iter_jsonl, read_text
 
 FORMATS = ("text", "alpaca", "chat")
 IGNORE = -100
@@ -23,21 +23,10 @@ class Example:
 
 
 def _records(path: Path, skip_bad: bool) -> tuple[list[tuple[int, dict]], int]:
-    out, bad = [], 0
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            if skip_bad:
-                bad += 1
-                continue
-            raise SculptError(f"{path}:{n}: bad record ({exc}); fix it or pass --skip-bad") from None
-        out.append((n, rec))
-    return out, bad
+    bad: list[int] = []
+    hint = "; fix it or pass --skip-bad"
+    records = list(iter_jsonl(path, what="training data", skip_bad=skip_bad, bad=bad, hint=hint))
+    return records, len(bad)
 
 
 def _alpaca(tokenizer, rec: dict, path: Path, n: int) -> Example:
@@ -79,7 +68,7 @@ def load_examples(path: str | Path, tokenizer, *, fmt: str = "text", seq_len: in
     if not path.is_file():
         raise SculptError(f"training data {path} does not exist")
     if fmt == "text":
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, what="training text")
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         n = len(ids) // seq_len
         if n == 0:
@@ -96,10 +85,38 @@ def load_examples(path: str | Path, tokenizer, *, fmt: str = "text", seq_len: in
                 bad += 1
                 continue
             raise
-        out.append(Example(ex.input_ids[:seq_len], ex.labels[:seq_len]))
+        out.append(ex)
     if not out:
         raise SculptError(f"{path}: no usable records")
-    return out, bad
+    return check_labels(out, path=path, seq_len=seq_len), bad
+
+
+def check_labels(examples: list[Example], *, path: str | Path, seq_len: int) -> list[Example]:
+    """The examples cut to ``seq_len`` tokens, without those left with no label token to learn from
+    (the prompt fills the window: they would add nothing, and a batch of them a NaN loss).
+
+    Refuses (SculptError) when none is left; warns on stderr, one line, when some are dropped.
+    """
+    import sys
+
+    def first_label(e: Example) -> int | None:  # the loss predicts position t from t-1: t >= 1
+        return next((t for t in range(1, len(e.labels)) if e.labels[t] != IGNORE), None)
+
+    firsts = [first_label(e) for e in examples]
+    kept = [Example(e.input_ids[:seq_len], e.labels[:seq_len]) for e, t in zip(examples, firsts)
+            if t is not None and t < seq_len]
+    lost = len(examples) - len(kept)
+    if not kept:
+        shortest = min((t for t in firsts if t is not None), default=None)
+        if shortest is None:
+            raise SculptError(f"{path}: none of the {len(examples)} records has a label token to train on")
+        raise SculptError(f"{path}: {lost} of {len(examples)} records have no label tokens left at --seq-len "
+                          f"{seq_len} (the shortest prompt is {shortest} tokens); raise --seq-len to at least "
+                          f"{shortest + 1} or shorten the prompts")
+    if lost:
+        print(f"warning: {path}: {lost} of {len(examples)} records have no label tokens left at --seq-len {seq_len} "
+              f"(the prompt fills it); dropped them, training on the other {len(kept)}", file=sys.stderr)
+    return kept
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:

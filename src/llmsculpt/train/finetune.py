@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from llmsculpt.errors import SculptError
 from llmsculpt.train.data import Example, collate
 from llmsculpt.train.schedule import learning_rate
 from llmsculpt.train.trainer import add_lora, make_optimizer, merge_lora, train_step
@@ -28,8 +29,14 @@ def finetune(
     seed: int = 0,
     progress: bool = True,
 ):
-    """Train and return (model with LoRA merged, log of {step, epoch, loss, lr})."""
+    """Train and return (model with LoRA merged, log of {step, epoch, loss, lr}).
+
+    Stops with a SculptError, before anything is saved, if the loss stops being finite (train_step).
+    """
     from tqdm.auto import tqdm
+
+    if not examples:
+        raise SculptError("no training examples")
 
     if lora:
         model = add_lora(model, r=lora_r, alpha=lora_alpha)

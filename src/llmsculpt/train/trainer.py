@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import math
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmsculpt.errors import require
+from llmsculpt.errors import SculptError, require
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -56,16 +60,68 @@ def train_step(
     loss = loss * loss_scale
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    value = float(loss.item())
+    # checked after backward, where data-parallel processes have averaged their gradients: a
+    # non-finite loss on any of them makes every process's norm non-finite, so all stop together
+    if not (math.isfinite(value) and math.isfinite(float(norm))):
+        optimizer.zero_grad(set_to_none=True)
+        model.eval()
+        raise SculptError(f"training stopped before saving: the loss became {value:.4g} (gradient norm "
+                          f"{float(norm):.4g}) at learning rate {lr:.3g}; training diverged or a batch had no "
+                          "label tokens: lower --lr, or check the data")
     optimizer.step()
     model.eval()
-    return float(loss.item())
+    return value
 
 
 def add_lora(model: nn.Module, *, r: int = 8, alpha: int = 16, dropout: float = 0.0) -> nn.Module:
     peft = require("peft", extra="lora", feature="LoRA training")
     cfg = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
-    return peft.get_peft_model(model, cfg)
+    cfg._register_custom_module(lora_layers())
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return peft.get_peft_model(model, cfg)
+
+
+def lora_layers() -> dict[type, type]:
+    """peft custom LoRA layers for llmsculpt's own modules, for ``LoraConfig._register_custom_module``
+    (``add_lora`` registers them; do the same when calling peft yourself on a pruned model)."""
+    from llmsculpt.models.sculpt_modeling import HeadGatherLinear
+
+    return {HeadGatherLinear: _head_gather_lora()}
+
+
+@functools.cache
+def _head_gather_lora() -> type:
+    """LoRA on a cluster-attention K/V projection (``HeadGatherLinear``): the delta B·A has the K/V
+    weight's shape, so it is added to the projection *before* the heads are gathered — exactly what
+    merging it into the weight gives. (peft's ``lora.Linear`` adds it after the gather, where the
+    widths differ.) Merge, unmerge and the adapter state dict are peft's, unchanged."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    class HeadGatherLoraLinear(LoraLinear):
+        def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            self._check_forward_args(x, *args, **kwargs)
+            if kwargs.pop("adapter_names", None) is not None or any(a in self.lora_variant for a in self.active_adapters):
+                raise NotImplementedError("cluster-attention K/V projections support plain LoRA only "
+                                          "(no mixed adapter batches, DoRA or other variants)")
+            base = self.get_base_layer()
+            if self.disable_adapters and self.merged:
+                self.unmerge()
+            if self.disable_adapters or self.merged:
+                return base(x)
+            y = base.project(x)
+            dtype = y.dtype
+            for name in self.active_adapters:
+                if name not in self.lora_A:
+                    continue
+                a, b = self.lora_A[name], self.lora_B[name]
+                delta = b(a(self.lora_dropout[name](self._cast_input_dtype(x, a.weight.dtype))))
+                y = y + delta * self.scaling[name]
+            return base.gather(y.to(dtype))
+
+    return HeadGatherLoraLinear
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
