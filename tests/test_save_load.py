@@ -136,3 +136,28 @@ def test_uniform_model_that_vanilla_llama_config_rejects(tmp_path):
     assert torch.equal(load(tmp_path / "h63", device="cpu").model(X).logits, three(X).logits)
     remote = AutoModelForCausalLM.from_pretrained(tmp_path / "h63", trust_remote_code=True)
     assert torch.equal(remote(X).logits, three(X).logits)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_per_layer_model_made_uniform_again_saves_as_plain_family(tmp_path, family):
+    """A loaded per-layer model (our config class, model_type sculpt_*) that a second prune makes
+    uniform again is saved with the family's own config and loads without remote code."""
+    model = tiny_model(family)
+    plan = Plan.keep_all(architecture(model))
+    plan.layers[0].mlp = list(range(50))
+    apply_plan(model, plan)
+    save_pruned(model, tiny_tokenizer(), tmp_path / "per-layer")
+    loaded = load(tmp_path / "per-layer", device="cpu").model
+    assert loaded.config.model_type.startswith("sculpt_")
+    again = Plan.keep_all(architecture(loaded))
+    for lp in again.layers:
+        lp.mlp = list(range(50))
+    apply_plan(loaded, again)
+    save_pruned(loaded, tiny_tokenizer(), tmp_path / "uniform")
+    cfg = json.loads((tmp_path / "uniform" / "config.json").read_text())
+    base = family.removeprefix("tiny-").removesuffix("-tied")
+    assert cfg["model_type"] == base and "auto_map" not in cfg and "sculpt_layers" not in cfg
+    assert cfg["architectures"] == [type(tiny_model(family)).__name__]
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "uniform", trust_remote_code=False).eval()
+    with torch.no_grad():
+        assert torch.equal(plain(X).logits, loaded(X).logits)

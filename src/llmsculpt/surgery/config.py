@@ -55,8 +55,14 @@ def vanilla_config_ok(cfg) -> bool:
     hidden_size is a multiple of the head count even when head_dim is explicit)."""
     from transformers import AutoConfig
 
+    from llmsculpt.models.spec import base_model_type
+
+    values = cfg.to_dict()
+    values["model_type"] = base_model_type(cfg)  # a per-layer model loaded with our class, uniform again
+    for key in ("auto_map", "architectures"):
+        values.pop(key, None)
     try:
-        AutoConfig.for_model(**cfg.to_dict())
+        AutoConfig.for_model(**values)
     except Exception:  # strict validation errors
         return False
     return True
