@@ -13,6 +13,7 @@ The default run covers every producer and consumer with the producers spread ove
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,9 @@ def _check_cell(ws: Workspace, producer: str, family: str, consumer: str, tmp_pa
     refusal = expected_refusal(model, consumer)
     rc, stdout, err = cli(*_consumer_argv(consumer, model, ws, out))
     target = out.with_suffix(".gguf") if consumer.startswith("export-gguf") else out
+    if os.environ.get("SCULPT_CHAIN_LOG"):  # for the closing note: which cells ran, which refused
+        with open(os.environ["SCULPT_CHAIN_LOG"], "a") as log:
+            log.write(f"{producer}\t{family}\t{consumer}\t{'refused: ' + refusal if refusal else 'runs'}\n")
     if refusal:
         assert rc == 2, f"expected a refusal ({refusal}), got rc {rc}: {err}"
         assert len(err.splitlines()) == 1 and refusal in err, err

@@ -70,3 +70,15 @@ def test_tpe_models_the_results_after_a_few_random_trials(objective, tmp_path):
     rnd = run_study(objective, tmp_path / "rnd", sampler="random", trials=5)
     same = [a.params == b.params for a, b in zip(tpe.trials, rnd.trials)]
     assert same[:3] == [True] * 3 and not all(same)  # shared seeded start, then TPE proposes its own
+
+
+def test_calibration_slots_are_categorical(objective, tmp_path):
+    """Pool slots are names, not quantities: TPE must not treat sample 3 as "near" sample 4."""
+    import optuna
+
+    study = run_study(objective, tmp_path / "study", trials=1)
+    dists = study.trials[0].distributions
+    slots = [d for k, d in dists.items() if k.startswith("sample_")]
+    assert len(slots) == 3
+    assert all(isinstance(d, optuna.distributions.CategoricalDistribution) for d in slots)
+    assert all(list(d.choices) == list(range(6)) for d in slots)
