@@ -49,6 +49,8 @@ CASES = [
     ("bench-speed --model nosuchname", "unknown model 'nosuchname'"),
     ("inspect {emptydir}", "has no config.json"),
     ("inspect {text}", "neither a model directory nor a .gguf file"),
+    ("inspect {badreport}", "sculpt_report.json:1:2: report is not valid JSON"),
+    (F.replace(M, "--model {badreport}"), "sculpt_report.json:1:2: report is not valid JSON"),
     (X.replace(M, "--model {badconfig}"), "not readable JSON"),
     # text, JSONL and YAML inputs
     (P.replace("{text}", "in/nosuchfile"), "does not exist"),
@@ -116,6 +118,12 @@ def files(tmp_path_factory):
     (root / "badconfig").mkdir()
     (root / "badconfig" / "config.json").write_text("{not json")
     paths["badconfig"] = root / "badconfig"
+    from llmsculpt.testing import tiny_model, tiny_tokenizer
+
+    tiny_model("tiny-llama").save_pretrained(root / "badreport")
+    tiny_tokenizer().save_pretrained(root / "badreport")
+    (root / "badreport" / "sculpt_report.json").write_text("{oops")
+    paths["badreport"] = root / "badreport"
     return root, paths
 
 

@@ -70,6 +70,15 @@ def iter_jsonl(path: str | os.PathLike, *, what: str = "JSONL file", skip_bad: b
         yield n, rec
 
 
+def read_json(path: str | os.PathLike, *, what: str = "JSON file"):
+    """A whole JSON document; a one-line SculptError with file, line and column otherwise."""
+    p = Path(path).expanduser()
+    try:
+        return json.loads(read_text(p, what=what))
+    except json.JSONDecodeError as exc:
+        raise SculptError(f"{p}:{exc.lineno}:{exc.colno}: {what} is not valid JSON ({exc.msg})") from None
+
+
 def read_yaml(path: str | os.PathLike, *, what: str = "config") -> dict:
     """A YAML mapping; syntax errors are reported as ``file:line:column: problem`` on one line."""
     import yaml
