@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llmsculpt.allocation import PruneScope, counts_for_sparsity, solve_uniform_offset
-from llmsculpt.allocation.adaptive import adaptive_offsets
+from llmsculpt.allocation.adaptive import accumulate, adaptive_offsets, clip_state, normalise_importance, step_offsets
 from llmsculpt.config import PruneConfig
 from llmsculpt.importance.layer_importance import layer_change, layer_io_hooks, normalise
 from llmsculpt.methods import PruneContext, get_method
@@ -151,3 +151,68 @@ def test_importance_split_ranks_units_and_channels_together():
     model = copy.deepcopy(base)
     run("uniform", model, ratio=0.3, split="importance")
     assert abs(1 - count_params(model) / count_params(base) - 0.3) < 0.01
+
+
+def test_robust_normalisations_resist_one_outlier_layer():
+    """Layer 0 far from the rest (as on smollm2): ``max`` flattens the others, rank/mad/inner don't."""
+    imp = torch.tensor([0.0, -0.98, -0.97, -0.96, -0.95, -0.75])
+    ids = list(range(6))
+    flat = normalise_importance(imp, ids, "max")
+    assert flat[0] == pytest.approx(1.0) and (flat[1:5].max() - flat[1:5].min()) < 0.05
+    rank = normalise_importance(imp, ids, "rank")
+    assert rank.tolist() == pytest.approx([1.0, -1.0, -0.6, -0.2, 0.2, 0.6])
+    mad = normalise_importance(imp, ids, "mad")
+    assert mad[1] < mad[2] < mad[3] < mad[4] and mad[0] == 1.0 and mad[1] >= -1.0
+    inner = normalise_importance(imp, ids, "inner")
+    assert inner[0] == 1.0 and inner[5] == 1.0 and inner[1] == pytest.approx(-1.0, abs=0.05)
+    assert normalise_importance(torch.ones(4), [0, 1, 2, 3], "rank").tolist() == [0, 0, 0, 0]
+    tied = normalise_importance(torch.tensor([1.0, 1.0, 2.0]), [0, 1, 2], "rank")
+    assert tied.tolist() == pytest.approx([-0.5, -0.5, 1.0])
+
+
+def test_offsets_accumulate_relative_to_the_step_and_clip():
+    norm = torch.tensor([-1.0, 0.0, 1.0])
+    now = step_offsets(norm, [0, 1, 2], amplitude=0.5, increment=0.1)
+    assert now == pytest.approx({0: -0.05, 1: 0.0, 2: 0.05})
+    two = accumulate(accumulate({}, now), now)
+    assert two == pytest.approx({0: -0.1, 1: 0.0, 2: 0.1})
+    # S = 0.05: layer 2's sparsity 0.05 − 0.1 < 0 is held at 0, so it carries no debt forward
+    clipped = clip_state(two, 0.05)
+    assert clipped == pytest.approx({0: -0.1, 1: 0.0, 2: 0.05})
+    assert clip_state({0: -2.0}, 0.5) == pytest.approx({0: 0.5 - 0.99})
+
+
+def test_cumulative_offsets_spread_layers_further_at_the_same_target():
+    base = tiny_model("tiny-llama", num_hidden_layers=6)
+    spread = {}
+    for cumulative in (False, True):
+        model = copy.deepcopy(base)
+        res = run("adaptive", model, ratio=0.3, split="proportional",
+                  options={"amplitude": 1.0, "steps": 4, "cumulative": cumulative, "normalise": "rank"})
+        last = res.history["steps"][-1]["layer_sparsity"]
+        spread[cumulative] = max(last.values()) - min(last.values())
+        assert abs(1 - count_params(model) / count_params(base) - 0.3) < 0.02
+        assert len(res.history["steps"]) == 4 and all("layer_sparsity" in st for st in res.history["steps"])
+    assert spread[True] > spread[False]
+
+
+@pytest.mark.parametrize("normalise", ["rank", "max", "mad", "inner"])
+def test_amplitude_zero_is_iterative_uniform(normalise):
+    """A = 0: no offsets whatever the normalisation or accumulation, so every layer has the same
+    cumulative sparsity each step (the same plan as the old non-cumulative A = 0)."""
+    base = tiny_model("tiny-qwen2", num_hidden_layers=4)
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    ra = run("adaptive", a, ratio=0.3, options={"amplitude": 0.0, "steps": 3, "normalise": normalise})
+    rb = run("adaptive", b, ratio=0.3, options={"amplitude": 0.0, "steps": 3, "cumulative": False})
+    assert ra.plan.to_dict()["layers"] == rb.plan.to_dict()["layers"]
+    for st in ra.history["steps"]:
+        assert len(set(round(v, 9) for v in st["sparsity"].values())) == 1
+
+
+def test_same_seed_same_plan_with_every_normalisation():
+    for normalise in ("rank", "mad"):
+        plans = [run("adaptive", tiny_model("tiny-llama", num_hidden_layers=4), ratio=0.3, seed=3,
+                     options={"steps": 3, "normalise": normalise}).plan.to_dict() for _ in range(2)]
+        assert plans[0] == plans[1]
+    with pytest.raises(Exception, match="normalise"):
+        run("adaptive", tiny_model(), ratio=0.2, options={"normalise": "zscore"})

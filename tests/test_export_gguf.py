@@ -386,3 +386,17 @@ def test_default_model_in_llama_cpp(tmp_path):
         ours = loaded.model(torch.tensor([ids])).logits[0].numpy()
     theirs = _llama_logits(path, ids)
     assert np.abs(ours - theirs).max() < 1e-3 * np.abs(ours).max()
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3"])
+def test_f32_gguf_reloads_with_identical_logits(tmp_path, monkeypatch, family):
+    """export -> llmsculpt.load is exact at f32 for every uniform family (head_dim read from the
+    file: transformers' GGUF reader alone leaves Qwen3's at its default of 128)."""
+    from llmsculpt.models.loading import load
+
+    monkeypatch.setenv("LLMSCULPT_CACHE", str(tmp_path / "cache"))
+    model, tok = _model(family)
+    back = load(export_gguf(model, tok, tmp_path / "m.gguf", dtype="f32"), device="cpu", dtype=torch.float32).model
+    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, model(ids).logits)

@@ -161,3 +161,16 @@ def test_per_layer_model_made_uniform_again_saves_as_plain_family(tmp_path, fami
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "uniform", trust_remote_code=False).eval()
     with torch.no_grad():
         assert torch.equal(plain(X).logits, loaded(X).logits)
+
+
+def test_outputs_have_the_umask_modes(tmp_path):
+    """Not mkdtemp's 0700 nor safetensors' 0600: a server running as another user can read them."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        save_pruned(tiny_model("tiny-llama"), tiny_tokenizer(), tmp_path / "out")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()} == {0o644}

@@ -45,8 +45,11 @@ class PruneOutcome:
         )
 
 
-def load(name: str | os.PathLike | None = None, *, device=None, dtype=torch.float32) -> Loaded:
-    """Load a model + tokenizer: built-in name, directory (pruned or not), .gguf file or hub id."""
+def load(name: str | os.PathLike | None = None, *, device=None, dtype: str | torch.dtype | None = torch.float32) -> Loaded:
+    """Load a model + tokenizer: built-in name, directory (pruned or not), .gguf file or hub id.
+
+    ``dtype``: float32 (default), bfloat16, float16 or "auto" (the checkpoint's own; GGUF → bfloat16);
+    ``device``: "auto"/None (CUDA when present), "cpu", "cuda:N", "mps"."""
     return _load(name, device=device, dtype=dtype)
 
 
@@ -72,13 +75,16 @@ def prune(
     progress: bool = False,
     eval_text: str | None = None,
     eval_windows: int | None = None,
+    dtype: str | torch.dtype | None = torch.float32,
+    device: str | torch.device | None = None,
     **overrides,
 ) -> PruneOutcome:
     """Prune ``model`` (a name/path to load, or a loaded module + ``tokenizer``) to a target size.
 
     ``overrides`` are PruneConfig fields (ratio, target_params, method, metric, seed...).
     ``eval_text``, if given, is used to report perplexity before and after (on at most
-    ``eval_windows`` windows of ``seq_len`` tokens).
+    ``eval_windows`` windows of ``seq_len`` tokens). ``dtype``/``device`` are :func:`load`'s, used
+    when ``model`` is loaded here; the weights stay in that dtype through scoring and surgery.
 
     Example:
         >>> out = prune("tiny-qwen2", ratio=0.3, method="uniform", calib_text="abc " * 500)
@@ -102,7 +108,7 @@ def prune(
         if tokenizer is None:
             raise ValueError("pass the tokenizer along with a model object")
     else:
-        loaded = _load(model if model is not None else cfg.model)
+        loaded = _load(model if model is not None else cfg.model, dtype=dtype, device=device)
         model, tokenizer = loaded.model, loaded.tokenizer
     method = get_method(cfg.method)
     context = getattr(model.config, "max_position_embeddings", None)
@@ -153,12 +159,14 @@ def _ppl(model, tokenizer, text: str, seq_len: int, max_windows: int | None = No
     return perplexity(model, tokenizer, text, seq_len=seq_len, max_windows=max_windows).ppl
 
 
-def evaluate(model, tokenizer=None, *, text: str, seq_len: int = 128, batch_size: int = 8) -> dict:
-    """Perplexity of a model (name, path or module) on ``text``: {"ppl", "tokens", "params"}."""
+def evaluate(model, tokenizer=None, *, text: str, seq_len: int = 128, batch_size: int = 8,
+             dtype: str | torch.dtype | None = torch.float32, device: str | torch.device | None = None) -> dict:
+    """Perplexity of a model (name, path or module) on ``text``: {"ppl", "tokens", "params"};
+    ``dtype``/``device`` as in :func:`load` (used when ``model`` is loaded here)."""
     from llmsculpt.eval.perplexity import perplexity
 
     if not isinstance(model, nn.Module):
-        loaded = _load(model)
+        loaded = _load(model, dtype=dtype, device=device)
         model, tokenizer = loaded.model, loaded.tokenizer
     res = perplexity(model, tokenizer, text, seq_len=seq_len, batch_size=batch_size)
     return {"ppl": res.ppl, "tokens": res.tokens, "windows": res.windows, "params": count_params(model)}

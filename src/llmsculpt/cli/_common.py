@@ -15,6 +15,31 @@ def add_model_argument(p: argparse.ArgumentParser, *, required: bool = False) ->
     )
 
 
+def add_placement_arguments(p: argparse.ArgumentParser, *, dtype: bool = True) -> None:
+    """``--dtype`` and ``--device``, the same on every command (resolved by :func:`load_kwargs`)."""
+    from llmsculpt.models.placement import DEVICE_HELP, DTYPE_CHOICES
+
+    if dtype:
+        p.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES,
+                       help="precision of the weights throughout (auto: the checkpoint's own, bfloat16 for GGUF; "
+                            "default float32)")
+    p.add_argument("--device", default="auto", help=f"where the model runs: {DEVICE_HELP}")
+
+
+def load_kwargs(args: argparse.Namespace, *, training: str | None = None) -> dict:
+    """``dtype``/``device`` keywords for ``load()`` from :func:`add_placement_arguments`.
+
+    ``training`` names a command that trains: its dtype is resolved now (``auto`` included) and
+    anything but float32 is refused before a weight is loaded."""
+    kw = {"dtype": getattr(args, "dtype", "float32"), "device": getattr(args, "device", "auto")}
+    if training:
+        from llmsculpt.models.placement import refuse_low_precision_training, source_dtype
+
+        kw["dtype"] = source_dtype(getattr(args, "model", None), kw["dtype"])
+        refuse_low_precision_training(kw["dtype"], training)
+    return kw
+
+
 def read_text_file(path: str) -> str:
     from llmsculpt.io.files import read_text
 

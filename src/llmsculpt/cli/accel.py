@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from llmsculpt.cli._common import add_fsdp_argument, add_model_argument, note_single_process_fsdp
+from llmsculpt.cli._common import (add_fsdp_argument, add_model_argument, add_placement_arguments, load_kwargs,
+                                   note_single_process_fsdp)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
+    add_placement_arguments(p)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-params", default=None, help="parameter count to reach, e.g. 90M")
     target.add_argument("--ratio", type=float, default=None, help="fraction of parameters to remove")
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out, overwrite=args.overwrite)
     note_single_process_fsdp(args)
-    loaded = load(args.model)
+    loaded = load(args.model, **load_kwargs(args, training="sculpt accel"))
     model, tok = loaded.model, loaded.tokenizer
     before = count_params(model)
     if args.ratio is not None:

@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=32, help="greedy decode steps (default 32)")
     p.add_argument("--repeats", type=int, default=3, help="runs per batch size; the best is kept (default 3)")
     p.add_argument("--json", action="store_true", help="print results and ratios as JSON")
+    from llmsculpt.cli._common import add_placement_arguments
+
+    add_placement_arguments(p)
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -32,7 +35,7 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmsculpt.cli._common import emit_json
+    from llmsculpt.cli._common import emit_json, load_kwargs
     from llmsculpt.errors import SculptError
     from llmsculpt.eval.speed import compare_speed, measure_speed
     from llmsculpt.models.loading import load
@@ -41,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if min(args.prompt_len, args.new_tokens, args.repeats) < 1:
         raise SculptError("--prompt-len, --new-tokens and --repeats must be positive")
     kw = dict(batch_sizes=sizes, prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats)
-    results = {"model": measure_speed(load(args.model).model, **kw)}
+    results = {"model": measure_speed(load(args.model, **load_kwargs(args)).model, **kw)}
     if args.baseline:  # loaded after the first model is measured and dropped: one model in memory at a time
-        results["baseline"] = measure_speed(load(args.baseline).model, **kw)
+        results["baseline"] = measure_speed(load(args.baseline, **load_kwargs(args)).model, **kw)
     ratios = compare_speed(results["model"], results["baseline"]) if args.baseline else None
     if args.json:
         out = {name: res.to_dict() for name, res in results.items()}

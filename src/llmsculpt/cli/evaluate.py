@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from llmsculpt.cli._common import add_model_argument, emit_json, read_text_file
+from llmsculpt.cli._common import add_model_argument, add_placement_arguments, emit_json, load_kwargs, read_text_file
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
+    add_placement_arguments(p)
     p.add_argument("--text", default=None, help="text file for perplexity")
     p.add_argument("--seq-len", type=int, default=128, help="window length for perplexity (default 128)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.text and not wants_tasks and not args.generate:
         raise SculptError("nothing to evaluate: give --text FILE (and/or --tasks / --mc-file / --generate)")
     text = read_text_file(args.text) if args.text else None
-    loaded = load(args.model)
+    loaded = load(args.model, **load_kwargs(args))
     model, tok = loaded.model, loaded.tokenizer
     result: dict = {"model": loaded.source, "params": count_params(model)}
     if text is not None:

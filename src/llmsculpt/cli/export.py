@@ -1,4 +1,5 @@
-"""`sculpt export`: GGUF for llama.cpp (uniform and heterogeneous), or a plain HF directory.
+"""`sculpt export`: GGUF for llama.cpp (uniform and heterogeneous), a vLLM directory (the family's own
+config, or the Nemotron-NAS layout for per-layer shapes), or a plain HF directory.
 
 A q8_0 GGUF quantises every matrix or is refused (one line naming the matrices whose row width is not a
 multiple of 32); ``--allow-mixed`` keeps those f16 and warns instead."""
@@ -12,7 +13,7 @@ import warnings
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (or any --model accepted by prune)")
-    p.add_argument("--format", required=True, choices=["gguf", "hf"])
+    p.add_argument("--format", required=True, choices=["gguf", "vllm", "hf"])
     p.add_argument("--out", required=True, help="output .gguf file or directory")
     p.add_argument("--dtype", default="f16", help="GGUF tensor type: f16, f32 or q8_0")
     p.add_argument("--allow-mixed", action="store_true",
@@ -47,6 +48,21 @@ def run(args: argparse.Namespace) -> int:
         kind = target.name + (" with per-layer head counts and FFN widths" if target.heterogeneous else "")
         print(f"wrote {path} (llama.cpp architecture {kind}, {args.dtype}); run it with llama.cpp / llama-cpp-python")
         return 0
+    if args.format == "vllm":
+        from llmsculpt.io.export_vllm import export_vllm, plan_layout
+        from llmsculpt.io.save import check_output_dir
+
+        check_output_dir(args.out, overwrite=args.overwrite)
+        loaded = load(args.model, device="cpu", dtype="auto")  # written in the checkpoint's own dtype
+        layout = plan_layout(loaded.model)  # refuses before writing
+        export_vllm(loaded.model, loaded.tokenizer, args.out, overwrite=args.overwrite)
+        if layout.route == "family":
+            kind = f"the plain {loaded.model.config.model_type} config"
+        else:
+            kind = (f"the Nemotron-NAS layout (DeciLMForCausalLM, {layout.n_heads} query heads per layer, "
+                    f"{layout.padded_heads} zero-padded)")
+        print(f"wrote {args.out}: {kind}; serve it with vllm.LLM({args.out!r}, trust_remote_code=True)")
+        return 0
     from llmsculpt.io.save import check_output_dir, save_pruned
     from llmsculpt.surgery.config import is_vanilla, sync_config
 
@@ -59,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
             "this model's layers differ (or its shapes/biases have no vanilla config), so a plain HF config cannot "
             "describe it. It loads with llmsculpt.load(dir), with transformers via "
             "AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True), and in llama.cpp via "
-            "`sculpt export --format gguf` (deci architecture, llama/mistral families); vLLM and other runtimes need "
-            "uniform layers. A directory saved by llmsculpt already is the format the first two load"
+            "`sculpt export --format gguf` (deci architecture, llama/mistral families), and in vLLM via "
+            "`sculpt export --format vllm`. A directory saved by llmsculpt already is the format the first two load"
         )
     save_pruned(loaded.model, loaded.tokenizer, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}: a plain {loaded.model.config.model_type} config that loads in transformers/vLLM "

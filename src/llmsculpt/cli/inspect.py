@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -11,18 +10,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory (or any --model accepted by prune)")
     p.add_argument("--json", action="store_true", help="print the architecture as JSON")
     p.add_argument("--plot", action="store_true", help="write per-layer plots next to the model (needs matplotlib)")
+    from llmsculpt.cli._common import add_placement_arguments
+
+    add_placement_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmsculpt.cli._common import emit_json
+    from llmsculpt.cli._common import emit_json, load_kwargs
+    from llmsculpt.io.files import read_json
     from llmsculpt.io.report import print_architecture
     from llmsculpt.models.loading import load
     from llmsculpt.structures.shapes import architecture
 
-    loaded = load(args.model, device="cpu")
+    loaded = load(args.model, **{**load_kwargs(args), "device": "cpu" if args.device == "auto" else args.device})
     arch = architecture(loaded.model)
     report_path = Path(args.model) / "sculpt_report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report = read_json(report_path, what="report") if report_path.is_file() else {}
     if args.json:
         emit_json({"architecture": arch.to_dict(), "params": arch.param_count(), "report": report})
     else:

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("llmsculpt.cli.search", "AdaPruner: Bayesian search over calibration samples and importance"),
     "export": ("llmsculpt.cli.export", "export to GGUF (llama.cpp) or a plain HF directory"),
     "bench-speed": ("llmsculpt.cli.bench_speed", "prefill/decode speed, memory and FLOPs vs a baseline"),
+    "estimate": ("llmsculpt.cli.estimate", "predicted peak memory of a prune, from config.json alone"),
 }
 
 

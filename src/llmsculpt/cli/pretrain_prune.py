@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from llmsculpt.cli._common import add_fsdp_argument, add_model_argument, note_single_process_fsdp
+from llmsculpt.cli._common import (add_fsdp_argument, add_model_argument, add_placement_arguments, load_kwargs,
+                                   note_single_process_fsdp)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
+    add_placement_arguments(p)
     p.add_argument("--target-params", required=True, help="parameter budget, e.g. 60M")
     p.add_argument("--data", required=True, help="plain-text corpus")
     p.add_argument("--ratio", default="1:1", help="pruning:training steps per cycle (paper: 4:1, 2:1, 1:1, 1:9)")
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out, overwrite=args.overwrite)
     note_single_process_fsdp(args)
+    placement = load_kwargs(args, training="sculpt pretrain-prune")
     cfg = PretrainPruneConfig(
         target_params=parse_count(args.target_params), ratio=args.ratio, quantum=args.quantum, metric=args.metric,
         types=tuple(t.strip() for t in args.types.split(",")),
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         obs=args.obs, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
         continue_steps=args.continue_steps, seed=args.seed, round_to=args.round_to,
     )
-    loaded = load(args.model)
+    loaded = load(args.model, **placement)
     examples, _ = load_examples(args.data, loaded.tokenizer, fmt="text", seq_len=args.seq_len)
     before, source = count_params(loaded.model), architecture(loaded.model)
     ckpt = f"{str(args.out).rstrip('/')}.ckpt"

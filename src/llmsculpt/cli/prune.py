@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from llmsculpt.cli._common import add_model_argument, emit_json
+from llmsculpt.cli._common import add_model_argument, add_placement_arguments, emit_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
+    add_placement_arguments(p)
     target = p.add_mutually_exclusive_group()
     target.add_argument("--ratio", type=float, default=None, help="fraction of all parameters to remove (default 0.2)")
     target.add_argument("--target-params", default=None, help="parameter count to reach, e.g. 90M")
@@ -107,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         from llmsculpt.calibration import default_documents
 
         eval_text = "\n\n".join(default_documents("heldout"))
-    outcome = prune(config=cfg, progress=not args.json, eval_text=eval_text, eval_windows=args.eval_windows)
+    outcome = prune(config=cfg, progress=not args.json, eval_text=eval_text, eval_windows=args.eval_windows,
+                    dtype=args.dtype, device=args.device)
     if args.out and not args.dry_run:
         outcome.save(args.out, overwrite=args.overwrite, plots=not args.no_plots and _has_matplotlib())
     r = outcome.report

@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llmsculpt.cli._common import add_model_argument
+from llmsculpt.cli._common import add_model_argument, add_placement_arguments, load_kwargs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
+    add_placement_arguments(p)
     target = p.add_mutually_exclusive_group()
     target.add_argument("--ratio", type=float, default=None, help="fraction of parameters to remove (default 0.2)")
     target.add_argument("--target-params", default=None)
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from llmsculpt.io.save import check_writable
 
     study_dir = check_writable(args.study)
-    loaded = load(args.model)
+    loaded = load(args.model, **load_kwargs(args))
     setup = SearchSetup(loaded.model, loaded.tokenizer, cfg, texts, pool_size=args.pool_size,
                         n_samples=args.n_samples, eval_windows=args.eval_windows)
     print(f"computing per-sample importance for {args.pool_size} candidates...")

@@ -1,4 +1,7 @@
-"""Perplexity on any text: non-overlapping windows of ``seq_len`` tokens, batched, token count reported."""
+"""Perplexity on any text: non-overlapping windows of ``seq_len`` tokens, batched, token count reported.
+
+Forward only, under ``torch.inference_mode``; the loss is taken a chunk of tokens at a time
+(:mod:`llmsculpt.eval.chunked_loss`), so no batch × seq × vocabulary fp32 logits exist."""
 
 from __future__ import annotations
 
@@ -6,9 +9,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from llmsculpt.errors import SculptError
+from llmsculpt.eval.chunked_loss import nll_sum
 
 
 @dataclass
@@ -24,7 +27,7 @@ def _max_context(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def perplexity(
     model,
     tokenizer,
@@ -63,8 +66,7 @@ def perplexity(
     try:
         for batch in windows.split(batch_size):
             batch = batch.to(device)
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum").item()
+            total += nll_sum(model, batch).item()
     finally:
         model.train(was_training)
     count = n * (seq_len - 1)

@@ -1,8 +1,13 @@
 """Collect the statistics metrics declare: gradients, per-sample squared gradients, activations.
 
 Hooks live in a context manager that always removes them. Only what is needed is collected:
-magnitude needs no pass at all, Wanda one forward pass without gradients, Taylor one
-forward+backward per micro-batch, Fisher one per sample.
+magnitude needs no pass at all, Wanda one forward pass without gradients (under
+``torch.inference_mode``), Taylor one forward+backward per micro-batch, Fisher one per sample.
+
+Memory: gradients exist only on the scored parameters (the decoder layers' Linear weights and
+biases; embeddings, lm_head and norms never get one), ``Stats.grad`` holds those ``.grad`` tensors
+themselves (no copy), and the loss is computed from the hidden states in chunks of tokens
+(:mod:`llmsculpt.eval.chunked_loss`), never as batch × seq × vocabulary fp32 logits.
 """
 
 from __future__ import annotations
@@ -53,7 +58,20 @@ def activation_hooks(model: nn.Module, store: dict[str, torch.Tensor]) -> Iterat
 
 
 def _loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=ids, labels=ids, use_cache=False).loss
+    from llmsculpt.eval.chunked_loss import causal_lm_loss
+
+    return causal_lm_loss(model, ids)
+
+
+def scored_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters whose gradients are scored: every Linear weight/bias inside the decoder layers."""
+    prefix = spec_for(model).layers + "."
+    out = {}
+    for mname, mod in model.named_modules():
+        if mname.startswith(prefix) and isinstance(mod, nn.Linear):
+            for pname, p in mod.named_parameters(recurse=False):
+                out[f"{mname}.{pname}"] = p
+    return out
 
 
 def collect_stats(
@@ -72,6 +90,7 @@ def collect_stats(
     was_training = model.training
     model.eval()
     params = dict(model.named_parameters())
+    scored = scored_parameters(model)
     want_grad = bool(needs & {GRAD, GRAD_SQ})
     step = 1 if GRAD_SQ in needs else max(1, micro_batch)
     chunks = list(torch.split(batch, step))
@@ -81,12 +100,12 @@ def collect_stats(
         ctx = activation_hooks(model, stats.act_sq) if ACT in needs else _null()
         with ctx:
             if not want_grad:
-                with torch.no_grad():
+                with torch.inference_mode():
                     for ids in chunks:
                         total += _loss(model, ids).item() * ids.shape[0]
             else:
-                for p in params.values():
-                    p.requires_grad_(True)
+                for n, p in params.items():
+                    p.requires_grad_(n in scored)
                     p.grad = None
                 per_sample = GRAD_SQ in needs
                 for ids in chunks:
@@ -95,11 +114,11 @@ def collect_stats(
                     # per-sample passes take each sample's own gradient (Fisher needs g_i, not g_i/N)
                     (loss if per_sample else loss * ids.shape[0] / batch.shape[0]).backward()
                     if per_sample:
-                        _accumulate_per_sample(params, stats, keep_grad=GRAD in needs)
+                        _accumulate_per_sample(scored, stats, keep_grad=GRAD in needs)
                 if per_sample:
                     stats.grad = {n: g / batch.shape[0] for n, g in stats.grad.items()}
-                elif GRAD in needs:
-                    stats.grad = {n: p.grad.detach().clone() for n, p in params.items() if p.grad is not None}
+                elif GRAD in needs:  # the .grad tensors themselves: released from the parameters below
+                    stats.grad = {n: p.grad.detach() for n, p in scored.items() if p.grad is not None}
     finally:
         for n, p in params.items():
             p.grad = None

@@ -67,10 +67,11 @@ class _Scorer:
     def element(self, param: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
         name = self.names[id(param)]
         act = self.stats.act_sq.get(self.module_names.get(id(module), "")) if module is not None else None
-        s = TensorStats(
-            weight=param.detach(),
-            grad=self.stats.grad.get(name),
-            grad_sq=self.stats.grad_sq.get(name),
+        grad, grad_sq = self.stats.grad.get(name), self.stats.grad_sq.get(name)
+        s = TensorStats(  # scores in fp32 whatever the weights' dtype (a no-op for fp32 weights)
+            weight=param.detach().float(),
+            grad=grad.float() if grad is not None else None,
+            grad_sq=grad_sq.float() if grad_sq is not None else None,
             act_sq=act if param.dim() == 2 else None,
         )
         return self.metric.element(s)

@@ -45,9 +45,12 @@ def plot_layer_params(directory: Path, arch: Architecture, original: dict | None
 
 
 def plot_layer_importance(directory: Path, steps: list[dict]) -> Path:
-    """Layer importance (normalised) per pruning step, and the per-layer sparsity each step set."""
+    """Layer importance per pruning step, the per-layer sparsity each step set, and (when the
+    history has it) the realised per-layer sparsity over the steps as a heat map."""
     plt = _pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    realised = [st["layer_sparsity"] for st in steps if "layer_sparsity" in st]
+    fig, axes = plt.subplots(1, 3 if realised else 2, figsize=(16 if realised else 11, 3.8))
+    a1, a2 = axes[0], axes[1]
     cmap = plt.get_cmap("viridis")
     for k, st in enumerate(steps):
         color = cmap(k / max(1, len(steps) - 1))
@@ -57,8 +60,17 @@ def plot_layer_importance(directory: Path, steps: list[dict]) -> Path:
     a1.set_title("layer importance −cos(in, out)")
     a1.set_xlabel("decoder layer")
     a1.legend()
-    a2.set_title("per-layer sparsity of each step")
+    a2.set_title("per-layer sparsity target of each step")
     a2.set_xlabel("decoder layer")
+    if realised:
+        ids = sorted(int(i) for i in realised[0])
+        grid = [[float({int(i): v for i, v in r.items()}[i]) for i in ids] for r in realised]
+        im = axes[2].imshow(grid, aspect="auto", cmap="magma", vmin=0, vmax=max(0.01, max(map(max, grid))),
+                            extent=(ids[0] - 0.5, ids[-1] + 0.5, len(grid) + 0.5, 0.5))
+        axes[2].set_title("realised per-layer sparsity over steps")
+        axes[2].set_xlabel("decoder layer")
+        axes[2].set_ylabel("step")
+        fig.colorbar(im, ax=axes[2])
     return save_figure(fig, directory / "layer_importance.png")
 
 

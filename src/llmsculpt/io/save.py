@@ -86,6 +86,7 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
     try:
         yield tmp
+        _usual_modes(tmp)
         if out.exists():
             backup = tmp.with_name(tmp.name + "-old")
             os.replace(out, backup)
@@ -96,6 +97,15 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _usual_modes(directory: Path) -> None:
+    """mkdtemp makes the directory 0700 (and safetensors writes 0600 files): give the output the
+    modes the user's umask asks for, so a server running as another user can read it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [directory, *directory.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def write_model_files(model: nn.Module, tokenizer, directory: Path) -> dict:
@@ -143,7 +153,8 @@ def save_pruned(
     extra_files: dict[str, str] | None = None,
     after=None,
 ) -> Path:
-    """Atomically write model + tokenizer + ``plan.json`` + ``sculpt_report.json`` to ``out``.
+    """Atomically write model + tokenizer + ``plan.json`` + ``sculpt_report.json`` + a model card
+    (``README.md``, io/model_card.py) to ``out``.
 
     ``after(tmp_dir)``, if given, may add files before the directory is moved into place."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -152,6 +163,9 @@ def save_pruned(
             plan.save(tmp / "plan.json")
         full_report = {"architecture": arch, **(report or {}), "versions": versions()}
         (tmp / "sculpt_report.json").write_text(dumps_json(full_report))
+        from llmsculpt.io.model_card import model_card
+
+        (tmp / "README.md").write_text(model_card(full_report, arch, name=Path(out).name))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         if after is not None:  # e.g. plots: still inside the atomic directory

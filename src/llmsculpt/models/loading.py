@@ -47,7 +47,9 @@ def cache_dir() -> Path:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from llmsculpt.models.placement import resolve_device
+
+    return resolve_device("auto")
 
 
 def smollm2_gguf_path() -> Path:
@@ -72,11 +74,14 @@ def _convert_gguf_cached(gguf: Path) -> Path:
     target = cache_dir() / "gguf" / f"{gguf.stem}-{_file_digest(gguf)}"
     if (target / "config.json").is_file():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _set_gguf_head_dim(config, gguf)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, config=config,
+                                                     dtype=torch.float32)
     except ImportError as exc:
         raise SculptError(f"loading GGUF needs the 'gguf' package: pip install gguf ({exc})") from exc
     except Exception as exc:
@@ -131,6 +136,18 @@ def _gguf_rope_parameters(gguf_path: Path) -> dict | None:
         raise SculptError(f"GGUF file {gguf_path} uses scaled RoPE ({', '.join(sorted(scaled)[:3])}), which the "
                           "transformers GGUF reader ignores; load the original Hugging Face checkpoint instead")
     return None
+
+
+def _set_gguf_head_dim(config, gguf_path: Path) -> None:
+    """transformers' GGUF reader leaves head_dim at the family default (Qwen3: 128) instead of the
+    file's ``attention.key_length``; pruned or small models have other head sizes."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(gguf_path))
+    key = next((k for k in reader.fields if k.endswith(".attention.key_length")), None)
+    if key is not None:
+        f = reader.fields[key]
+        config.head_dim = int(f.parts[f.data[0]][0])
 
 
 def _set_rope(model: nn.Module, rope: dict) -> None:
@@ -204,37 +221,47 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
 def load(
     name: str | os.PathLike | None = None,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype | None = torch.float32,
     device: str | torch.device | None = None,
 ) -> Loaded:
     """Load a model and tokenizer.
 
     ``name`` may be the default ``"smollm2-135m"`` (or None), a tiny built-in (``"tiny-llama"``...),
     a directory written by ``save_pretrained``/llmsculpt, a ``.gguf`` file, or a hub id.
+    ``dtype``: a torch dtype or its name, or ``"auto"`` (the checkpoint's own, bf16 for GGUF);
+    ``device``: ``"auto"``/None (CUDA when present), ``"cpu"``, ``"cuda:1"``...
 
     Example:
         >>> loaded = load("tiny-qwen2")
         >>> loaded.model.config.model_type
         'qwen2'
     """
+    from llmsculpt.models.placement import checkpoint_dtype, parse_dtype, resolve_device
+
     kind, where = resolve_source(name)
-    device = torch.device(device) if device is not None else default_device()
+    dtype = parse_dtype(dtype)
+    device = resolve_device(device)
     if kind == "tiny":
         from llmsculpt.testing.tiny import tiny_model, tiny_tokenizer
 
         model = tiny_model(where)
         tokenizer = tiny_tokenizer(model.config.vocab_size)
+        dtype = dtype or checkpoint_dtype(kind, where)
     else:
         directory = _convert_gguf_cached(Path(where)) if kind == "gguf" else where
-        model, tokenizer = _load_pretrained(directory, dtype=dtype, hub=(kind == "hub"))
+        if dtype is None and kind != "hub":
+            dtype = checkpoint_dtype(kind, str(directory))
+        model, tokenizer = _load_pretrained(directory, dtype=dtype or "auto", hub=(kind == "hub"))
+        dtype = dtype or checkpoint_dtype(kind, where, config=model.config)
     model.to(device=device, dtype=dtype).eval()
+    model.config.dtype = dtype
     from llmsculpt.models.spec import spec_for
 
     spec_for(model)  # unsupported families fail here, with the list of supported ones
     return Loaded(model=model, tokenizer=tokenizer, source=str(name or DEFAULT_MODEL))
 
 
-def _load_pretrained(directory: str, *, dtype: torch.dtype, hub: bool):
+def _load_pretrained(directory: str, *, dtype: torch.dtype | str, hub: bool):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from llmsculpt.models.sculpt_modeling import SCULPT_CLASSES

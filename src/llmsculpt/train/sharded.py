@@ -161,7 +161,7 @@ class ShardedPasses:
     def measure(self, model: nn.Module, batch: torch.Tensor, needs, *, distance: str):
         from llmsculpt.errors import SculptError
         from llmsculpt.importance.base import GRAD
-        from llmsculpt.importance.collect import Stats
+        from llmsculpt.importance.collect import Stats, scored_parameters
         from llmsculpt.importance.layer_importance import layer_io_hooks
 
         unsupported = set(needs) - {GRAD, "forward"}
@@ -197,8 +197,9 @@ class ShardedPasses:
         imp.sums, imp.counts = sums["sums"], sums["counts"]
         stats = Stats(samples=total, loss=float(sums["loss"].item()) / total)
         if want_grad:
+            scored = scored_parameters(model)  # the same parameters as the local pass (collect.py)
             for name, p in net.named_parameters():
-                if p.grad is not None:
+                if p.grad is not None and name in scored:
                     grad = p.grad.full_tensor()
                     if self.decides:
                         stats.grad[name] = grad.cpu()

@@ -1,0 +1,145 @@
+"""Peak memory of a prune per method × dtype × model, in bytes per parameter, and its time.
+
+Each run is its own process (``sculpt prune --dry-run --json``) measured from outside: peak RSS with
+``/usr/bin/time -v`` on the CPU (on CUDA the child prints ``torch.cuda.max_memory_allocated``).
+Models: the default (SmolLM2-135M) and a 0.5B-class Qwen2 shape (hidden 896, 24 layers, 14 heads /
+2 KV heads, MLP 4864, vocabulary 151,936, tied embeddings, q/k/v bias) with random weights, written
+once as BF16 safetensors to ``--cache``. ``--src DIR`` runs another checkout (e.g. a ``git worktree``
+of the previous commit at /tmp/before) for before/after numbers; such a checkout may lack
+``--dtype``, so only float32 is run there.
+
+    nice -n 5 python bench/memory.py [--models default,qwen05b] [--methods adaptive,flap,uniform]
+        [--dtypes float32,bfloat16] [--steps 2] [--src /tmp/before/src] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+QWEN05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+               intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768)
+
+
+def qwen05b_dir(cache: Path) -> Path:
+    """The 0.5B-class Qwen2 shape with random weights (BF16 safetensors) and the default tokenizer."""
+    out = cache / "qwen2-0.5b-shape"
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from llmsculpt.models.loading import load
+
+    torch.manual_seed(0)
+    config = Qwen2Config(**QWEN05B, dtype="bfloat16")
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    load("smollm2-135m").tokenizer.save_pretrained(tmp)  # ids < 49,152 < 151,936: valid for this shape
+    os.replace(tmp, out)
+    return out
+
+
+def run_one(model: str, method: str, dtype: str, *, steps: int, src: str | None) -> dict:
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = src
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "llmsculpt.cli.main", "prune", "--model", model,
+           "--method", method, "--ratio", "0.25", "--dry-run", "--json", "--no-eval"]
+    if method == "adaptive":
+        cmd += ["--option", f"steps={steps}"]
+    if not src:
+        cmd += ["--dtype", dtype]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    wall = re.search(r"Elapsed \(wall clock\) time.*: ([\d:.]+)", proc.stderr).group(1)
+    params = report["params_before"]
+    return {"peak_rss_bytes": rss_kb * 1024, "params": params, "bytes_per_param": rss_kb * 1024 / params,
+            "prune_seconds": report["seconds"], "wall": wall}
+
+
+def baseline_rss(src: str | None) -> int:
+    """RSS of a process that only imports torch + transformers + llmsculpt (subtract for 'model' bytes)."""
+    env = dict(os.environ, **({"PYTHONPATH": src} if src else {}))
+    code = "import torch, transformers, llmsculpt.cli.prune, llmsculpt.models.loading"
+    proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) * 1024
+
+
+def time_passes(model_name: str, repeats: int = 3) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of one Adapt-Pruner measuring pass (layer importance + Taylor
+    gradients, 10 × 128 tokens) in float32 and bfloat16, interleaved (fair on a busy machine)."""
+    import copy
+    import time
+
+    import torch
+
+    from llmsculpt.calibration import calibration_batch, default_documents
+    from llmsculpt.importance.base import GRAD
+    from llmsculpt.methods.base import LocalPasses
+    from llmsculpt.models.loading import load
+
+    loaded = load(model_name, device="cpu")
+    batch = calibration_batch(loaded.tokenizer, n_samples=10, seq_len=128, seed=0, texts=default_documents("calibration"))
+    models = {"float32": loaded.model, "bfloat16": copy.deepcopy(loaded.model).to(torch.bfloat16)}
+    best = dict.fromkeys(models, float("inf"))
+    for _ in range(repeats):
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            LocalPasses().measure(model, batch, {GRAD}, distance="cosine")
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="default,qwen05b")
+    ap.add_argument("--methods", default="adaptive,flap,uniform")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--steps", type=int, default=2, help="adaptive steps (peak memory is per step; default 2)")
+    ap.add_argument("--src", default=None, help="PYTHONPATH of another checkout (float32 only)")
+    ap.add_argument("--cache", default="/tmp/llmsculpt-bench")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--time-passes", action="store_true", help="only time one measuring pass, fp32 vs bf16")
+    args = ap.parse_args()
+    if args.time_passes:
+        for model in args.models.split(","):
+            path = "smollm2-135m" if model == "default" else str(qwen05b_dir(Path(args.cache)))
+            best = time_passes(path)
+            print(f"{model}: measuring pass float32 {best['float32']:.2f}s, bfloat16 {best['bfloat16']:.2f}s "
+                  f"(ratio {best['bfloat16'] / best['float32']:.2f})", flush=True)
+        return
+    paths = {"default": "smollm2-135m", "qwen05b": None}
+    base = baseline_rss(args.src)
+    print(f"import-only RSS {base / 2**20:.0f} MiB ({'src ' + args.src if args.src else 'this tree'})")
+    print(f"{'model':8} {'method':9} {'dtype':9} {'peak RSS':>9} {'B/param':>8} {'(-import)':>9} {'prune s':>8}")
+    rows = []
+    dtypes = ["float32"] if args.src else args.dtypes.split(",")
+    for model in args.models.split(","):
+        path = paths[model] or str(qwen05b_dir(Path(args.cache)))
+        for method in args.methods.split(","):
+            for dtype in dtypes:
+                r = {"model": model, "method": method, "dtype": dtype,
+                     **run_one(path, method, dtype, steps=args.steps, src=args.src)}
+                rows.append(r)
+                if "error" in r:
+                    print(f"{model:8} {method:9} {dtype:9} error: {r['error']}")
+                    continue
+                net = (r["peak_rss_bytes"] - base) / r["params"]
+                print(f"{model:8} {method:9} {dtype:9} {r['peak_rss_bytes'] / 2**30:8.2f}G {r['bytes_per_param']:8.2f} "
+                      f"{net:9.2f} {r['prune_seconds']:8.1f}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"import_rss": base, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

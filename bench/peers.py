@@ -1,0 +1,106 @@
+"""Peer bench (issue 17): our methods and Torch-Pruning's own LLM recipe at equal parameter counts
+on the default model (smollm2-135m), no recovery training.
+
+Rows: one-shot uniform Taylor (LLM-Pruner's recipe: proportional split), iterative uniform
+(adaptive with A = 0, same steps and data), adaptive (defaults, same steps), FLAP, Wanda-sp,
+ShortGPT (whole layers: lands on the nearest layer count, so a little below the target) and
+Torch-Pruning 1.6.1 (bench/_tp_recipe.py; hidden + MLP channels; its head groups cannot be built
+on transformers 5, see there), its per-dimension ratio bisected to the same parameter count.
+Calibration: the embedded text's calibration part, ``--n-samples`` × 128, seed 0 (resampled each
+step for the iterative rows); held-out: the embedded text's held-out part, ``--max-windows``
+windows of 128. Seconds are pruning only (not evaluation).
+
+    pip install torch-pruning==1.6.1
+    nice -n 5 python bench/peers.py [--ratios 0.4,0.5] [--methods uniform,tp] [--steps 5]
+
+Measured (2 shared CPU cores; seconds loose: load 6–8 during the 40 % rows, ~3 during 50 %; the
+40 % iterative rows are bench/sweep_adaptive.py's identical runs; dense ppl 23.32, 134,515,008):
+
+| removed | method | params | held-out ppl | prune s |
+|---|---|---|---|---|
+| 40 % | uniform one-shot (Taylor) | 80,687,808 | 470,319 | 35 |
+| 40 % | iterative uniform (A=0, T=5) | 80,705,664 | 473.81 | 597 |
+| 40 % | adaptive (defaults, T=5) | 80,707,392 | **214.53** | 310 |
+| 40 % | flap | 80,707,392 | 1,079.82 | 28 |
+| 40 % | wanda-sp | 80,687,808 | 30,828 | 10 |
+| 40 % | shortgpt | 77,873,472 (−3.5 %) | 510.81 | 7 |
+| 40 % | torch-pruning 1.6.1 (hidden+MLP) | 80,750,560 | 220,432 | 134 |
+| 50 % | uniform one-shot (Taylor) | 67,209,408 | 1,288,716 | 27 |
+| 50 % | iterative uniform (A=0, T=5) | 67,233,024 | 3,269.21 | 231 |
+| 50 % | adaptive (defaults, T=5) | 67,257,216 | **1,758.84** | 40 |
+| 50 % | flap | 67,256,640 | 7,379.37 | 5 |
+| 50 % | wanda-sp | 67,209,408 | 76,426 | 3 |
+| 50 % | shortgpt | 67,253,184 | 21,341 | 23 |
+| 50 % | torch-pruning 1.6.1 (hidden+MLP) | 67,219,460 | 600,021 | 128 |
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+from llmsculpt import PruneConfig, prune
+from llmsculpt.calibration import default_documents
+from llmsculpt.eval.perplexity import perplexity
+from llmsculpt.models.loading import load
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROWS = {  # name -> (method, options)
+    "uniform one-shot (Taylor)": ("uniform", {}),
+    "iterative uniform (A=0)": ("adaptive", {"amplitude": 0.0}),
+    "adaptive (defaults)": ("adaptive", {}),
+    "flap": ("flap", {}),
+    "wanda-sp": ("wanda-sp", {}),
+    "shortgpt": ("shortgpt", {}),
+    "torch-pruning 1.6.1": ("tp", {}),
+}
+SHORT = {"uniform": 0, "uniform-it": 1, "adaptive": 2, "flap": 3, "wanda-sp": 4, "shortgpt": 5, "tp": 6}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ratios", default="0.4,0.5")
+    ap.add_argument("--methods", default=",".join(SHORT), help=f"subset of {','.join(SHORT)}")
+    ap.add_argument("--steps", type=int, default=5, help="steps of both iterative rows")
+    ap.add_argument("--n-samples", type=int, default=8)
+    ap.add_argument("--max-windows", type=int, default=40)
+    args = ap.parse_args()
+    calib_text = "\n\n".join(default_documents("calibration"))
+    held_out = "\n\n".join(default_documents("heldout"))
+    base = load("smollm2-135m", device="cpu")
+    tok = base.tokenizer
+    n0 = sum(p.numel() for p in base.model.parameters())
+    dense = perplexity(base.model, tok, held_out, seq_len=128, max_windows=args.max_windows).ppl
+    names = [list(ROWS)[SHORT[m]] for m in args.methods.split(",")]
+    print(f"smollm2-135m ({n0:,} params, dense ppl {dense:.2f}); calibration {args.n_samples}x128 seed 0 from the "
+          f"embedded text; held-out {args.max_windows} windows of 128; iterative rows T={args.steps}; no training")
+    print("| removed | method | params | vs target | held-out ppl | prune s |\n|---|---|---|---|---|---|", flush=True)
+    for ratio in [float(r) for r in args.ratios.split(",")]:
+        target = n0 - int(round(ratio * n0))
+        for name in names:
+            method, opts = ROWS[name]
+            t0 = time.perf_counter()
+            if method == "tp":
+                from _tp_recipe import match_params, n_params
+
+                dim_ratio, model = match_params(copy.deepcopy(base.model), target, hidden=True)
+                assert model.model.embed_tokens.weight.shape[1] == model.lm_head.in_features
+                params, label = n_params(model), f"{name} (hidden+MLP, ratio {dim_ratio:.3f})"
+            else:
+                if method == "adaptive":
+                    opts = {"steps": args.steps, **opts}
+                cfg = PruneConfig(method=method, ratio=ratio, seed=0, options=opts)
+                cfg.data.n_samples = args.n_samples
+                out = prune(copy.deepcopy(base.model), tokenizer=tok, config=cfg, calib_text=calib_text)
+                model, params, label = out.model, out.report["params_after"], name
+            sec = time.perf_counter() - t0
+            ppl = perplexity(model, tok, held_out, seq_len=128, max_windows=args.max_windows).ppl
+            print(f"| {ratio:.0%} | {label} | {params:,} | {params / target - 1:+.2%} | {ppl:.2f} | {sec:.0f} |", flush=True)
+            del model
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Where and in what precision a model lives: ``--dtype`` and ``--device`` resolved once.
+
+``auto`` dtype is the checkpoint's own (``dtype``/``torch_dtype`` in config.json; GGUF files are
+dequantised to bfloat16; tiny built-ins are float32). ``auto`` device is CUDA when present, the
+process's own GPU (``LOCAL_RANK``) in a multi-process run, else the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from llmsculpt.errors import SculptError
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPE_CHOICES = ("auto", *DTYPES)
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps (auto: this process's GPU when present, else the CPU)"
+_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    """A torch dtype, or None for ``auto``; unknown names fail with the choices."""
+    if value is None or isinstance(value, torch.dtype):
+        if isinstance(value, torch.dtype) and value not in DTYPES.values():
+            raise SculptError(f"unsupported dtype {value}; choose one of: {', '.join(DTYPE_CHOICES)}")
+        return value
+    name = _ALIASES.get(str(value).lower(), str(value).lower().removeprefix("torch."))
+    if name == "auto":
+        return None
+    if name not in DTYPES:
+        raise SculptError(f"unknown dtype {value!r}; choose one of: {', '.join(DTYPE_CHOICES)}")
+    return DTYPES[name]
+
+
+def checkpoint_dtype(kind: str, where: str, config=None) -> torch.dtype:
+    """The dtype a checkpoint is stored in (what ``auto`` means for it)."""
+    if kind == "gguf":
+        return torch.bfloat16
+    if kind == "tiny":
+        return torch.float32
+    raw = None
+    if config is not None:
+        raw = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    elif kind == "dir":
+        try:
+            cfg = json.loads((Path(where) / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            cfg = {}
+        raw = cfg.get("dtype") or cfg.get("torch_dtype")
+    if isinstance(raw, torch.dtype) and raw in DTYPES.values():
+        return raw
+    return DTYPES.get(str(raw).removeprefix("torch."), torch.float32)
+
+
+def source_dtype(name, dtype: str | torch.dtype | None) -> torch.dtype:
+    """``dtype`` resolved for the model ``name`` without loading it (``auto`` on a hub id: float32)."""
+    from llmsculpt.models.loading import resolve_source
+
+    parsed = parse_dtype(dtype)
+    if parsed is not None:
+        return parsed
+    kind, where = resolve_source(name)
+    return checkpoint_dtype(kind, where) if kind != "hub" else torch.float32
+
+
+def resolve_device(value: str | torch.device | None = None) -> torch.device:
+    """``auto``/None → this process's CUDA device when present, else the CPU; others are checked."""
+    if isinstance(value, torch.device):
+        return value
+    name = "auto" if value is None else str(value).lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SculptError(f"unknown device {value!r}; expected {DEVICE_HELP}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SculptError(f"device {value!r} asked for, but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SculptError(f"device {value!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SculptError(f"device {value!r} asked for, but MPS is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise SculptError(f"unsupported device {value!r}; expected {DEVICE_HELP}")
+    return device
+
+
+def refuse_low_precision_training(dtype: torch.dtype, command: str) -> None:
+    """Training keeps fp32 weights until mixed precision (fp32 master/optimizer state) exists."""
+    if dtype != torch.float32:
+        raise SculptError(f"{command} trains in float32 only for now (bf16/fp16 training without fp32 master "
+                          f"weights would silently lose updates); use --dtype float32")
