@@ -28,29 +28,10 @@ from llmsculpt import PruneConfig, prune
 from llmsculpt.io.export_gguf import export_gguf, gguf_target
 from llmsculpt.models.loading import load
 from llmsculpt.structures.shapes import architecture, count_params
+from llmsculpt.testing.llama_cpp import open_llama
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "enwiki_sample.txt"
 PROMPT = "The history of the city begins in the early middle ages, when"
-
-
-def open_llama(path: Path, *, extra_bufts: bool, **kw):
-    """llama_cpp.Llama, with llama.cpp's extra (repacking, AMX) buffer types on only if ``extra_bufts``."""
-    import llama_cpp
-    import llama_cpp.llama_cpp as low
-
-    default = low.llama_model_default_params
-
-    def params():
-        p = default()
-        if hasattr(p, "use_extra_bufts"):
-            p.use_extra_bufts = extra_bufts
-        return p
-
-    low.llama_model_default_params = params
-    try:
-        return llama_cpp.Llama(str(path), **kw)
-    finally:
-        low.llama_model_default_params = default
 
 
 def speed(path: Path, ids: list[int], *, threads: int, new_tokens: int, repeats: int,

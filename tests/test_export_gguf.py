@@ -84,23 +84,10 @@ def test_metadata_round_trip(tmp_path, family, heterogeneous, arch):
 
 
 def _open_llama(path, **kw):
-    """llama_cpp.Llama with llama.cpp's extra (repacking) buffer types off: its AMX q8_0 kernel segfaults on
-    some CPUs (ggml-org/llama.cpp#20824), and the plain CPU kernels are what this file is meant to check."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    low = llama_cpp.llama_cpp
-    default = low.llama_model_default_params
+    pytest.importorskip("llama_cpp")
+    from llmsculpt.testing.llama_cpp import open_llama
 
-    def params():
-        p = default()
-        if hasattr(p, "use_extra_bufts"):
-            p.use_extra_bufts = False
-        return p
-
-    low.llama_model_default_params = params
-    try:
-        return llama_cpp.Llama(str(path), **kw)
-    finally:
-        low.llama_model_default_params = default
+    return open_llama(path, **kw)
 
 
 def _llama_logits(path, ids, text=PROMPT, n_ctx=64, **kw):

@@ -204,20 +204,26 @@ def test_a_width_that_is_not_a_multiple_stays_or_becomes_one():
     assert [ls.mlp for ls in architecture(model).layers] == [12] * 4
 
 
-def test_every_adaptive_step_keeps_multiples(monkeypatch):
-    import llmsculpt.methods.adaptive as adaptive
-
-    model = tiny_model("tiny-llama", **GQA8)
-    source, seen = architecture(model), []
+def watch_surgery(monkeypatch, module, source, n: int) -> list:
+    """Check every plan ``module`` applies keeps multiples of ``n``; returns the architectures seen."""
+    apply, seen = module.apply_plan, []
 
     def checked(m, plan):
         out = apply(m, plan)
         seen.append(architecture(m))
-        assert_multiples(seen[-1], source, 16)
+        assert_multiples(seen[-1], source, n)
         return out
 
-    apply = adaptive.apply_plan
-    monkeypatch.setattr(adaptive, "apply_plan", checked)
+    monkeypatch.setattr(module, "apply_plan", checked)
+    return seen
+
+
+def test_every_adaptive_step_keeps_multiples(monkeypatch):
+    import llmsculpt.methods.adaptive as adaptive
+
+    model = tiny_model("tiny-llama", **GQA8)
+    source = architecture(model)
+    seen = watch_surgery(monkeypatch, adaptive, source, 16)
     run("adaptive", model, ratio=0.3, round_to=16, options={"steps": 4})
     assert len(seen) >= 3 and seen[-1].param_count() < seen[0].param_count()
 
@@ -257,16 +263,8 @@ def test_pruning_aware_training_keeps_multiples_at_every_step(monkeypatch, order
 
     model, tok, examples, cfg = pretrain_case(round_to=16, fixed_order=order, obs=False, target_params=target)
     model = tiny_model("tiny-llama", **GQA8)
-    source, seen = architecture(model), []
-
-    def checked(m, plan):
-        out = apply(m, plan)
-        seen.append(architecture(m))
-        assert_multiples(seen[-1], source, 16)
-        return out
-
-    apply = loop.apply_plan
-    monkeypatch.setattr(loop, "apply_plan", checked)
+    source = architecture(model)
+    seen = watch_surgery(monkeypatch, loop, source, 16)
     model, plan, log = pretrain_prune(model, tok, examples, cfg, progress=False)
     after = architecture(model)
     assert plan.resulting(source) == after and seen[-1] == after

@@ -79,7 +79,10 @@ def _convert_gguf_cached(gguf: Path) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        _set_gguf_head_dim(config, gguf)
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(gguf))  # memory-mapped; read once for what transformers' reader drops
+        _set_gguf_head_dim(config, reader)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, config=config,
                                                      dtype=torch.float32)
     except ImportError as exc:
@@ -87,7 +90,7 @@ def _convert_gguf_cached(gguf: Path) -> Path:
     except Exception as exc:
         raise SculptError(f"could not read GGUF file {gguf}: {exc}") from exc
     _forget_gguf_quantizer(model)
-    rope = _gguf_rope_parameters(gguf)
+    rope = _gguf_rope_parameters(reader, gguf)
     if rope is not None:
         _set_rope(model, rope)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -107,18 +110,12 @@ def _convert_gguf_cached(gguf: Path) -> Path:
     return target
 
 
-def _gguf_rope_parameters(gguf_path: Path) -> dict | None:
+def _gguf_rope_parameters(reader, gguf_path: Path) -> dict | None:
     """The RoPE scaling a GGUF file carries, which transformers' GGUF loader ignores: our exports store
     the HF ``rope_parameters``; a foreign file with scaled RoPE is refused rather than loaded with
     plain RoPE (its logits would silently differ)."""
-    import gguf
-
     from llmsculpt.io.export_gguf import ROPE_KEY
 
-    try:
-        reader = gguf.GGUFReader(str(gguf_path))
-    except Exception as exc:
-        raise SculptError(f"could not read GGUF file {gguf_path}: {exc}") from None
     field = reader.fields.get(ROPE_KEY)
     if field is not None:
         return json.loads(bytes(field.parts[field.data[0]]).decode("utf-8"))
@@ -138,12 +135,9 @@ def _gguf_rope_parameters(gguf_path: Path) -> dict | None:
     return None
 
 
-def _set_gguf_head_dim(config, gguf_path: Path) -> None:
+def _set_gguf_head_dim(config, reader) -> None:
     """transformers' GGUF reader leaves head_dim at the family default (Qwen3: 128) instead of the
     file's ``attention.key_length``; pruned or small models have other head sizes."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(gguf_path))
     key = next((k for k in reader.fields if k.endswith(".attention.key_length")), None)
     if key is not None:
         f = reader.fields[key]
