@@ -34,8 +34,9 @@ def worker(out: Path, engine: str, method: str, blocks: int, target: str) -> Non
     import torch
 
     from llmsculpt.config import parse_count
-    from llmsculpt.methods.adapt_accel import AccelConfig, run_accel
-    from llmsculpt.pretrain.loop import PretrainPruneConfig, pretrain_prune
+    from llmsculpt.config import AccelConfig, PretrainPruneConfig
+    from llmsculpt.methods.adapt_accel import run_accel
+    from llmsculpt.pretrain.loop import pretrain_prune
     from llmsculpt.models.loading import load
     from llmsculpt.train.data import load_examples
     from llmsculpt.train.sharded import is_meta

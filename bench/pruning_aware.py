@@ -19,7 +19,8 @@ from llmsculpt import PruneConfig, prune
 from llmsculpt.config import parse_count
 from llmsculpt.eval.perplexity import perplexity
 from llmsculpt.models.loading import load
-from llmsculpt.pretrain.loop import PretrainPruneConfig, pretrain_prune
+from llmsculpt.config import PretrainPruneConfig
+from llmsculpt.pretrain.loop import pretrain_prune
 from llmsculpt.structures.shapes import architecture, count_params
 from llmsculpt.train.data import load_examples
 from llmsculpt.train.finetune import finetune

@@ -5,8 +5,7 @@ import io
 
 import torch
 
-from llmsculpt.methods.adapt_accel import AccelConfig
-from llmsculpt.pretrain.loop import PretrainPruneConfig
+from llmsculpt.config import AccelConfig, PretrainPruneConfig
 from llmsculpt.testing import tiny_model, tiny_tokenizer
 from llmsculpt.train.data import Example, load_examples
 

@@ -12,7 +12,8 @@ from llmsculpt.errors import SculptError
 from llmsculpt.io.save import save_pruned
 from llmsculpt.models.loading import load
 from llmsculpt.pretrain.groups import plan_for
-from llmsculpt.pretrain.loop import PretrainPruneConfig, pretrain_prune
+from llmsculpt.config import PretrainPruneConfig
+from llmsculpt.pretrain.loop import pretrain_prune
 from llmsculpt.pretrain.obs import apply_obs, input_hessians, obs_remove_columns
 from llmsculpt.structures.shapes import architecture, count_params
 from llmsculpt.surgery import apply_plan

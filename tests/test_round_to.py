@@ -15,9 +15,11 @@ from llmsculpt.config import PruneConfig
 from llmsculpt.errors import SculptError
 from llmsculpt.importance.groups import GroupScores, LayerScores
 from llmsculpt.methods import PruneContext, get_method
-from llmsculpt.methods.adapt_accel import AccelConfig, run_accel
+from llmsculpt.config import AccelConfig
+from llmsculpt.methods.adapt_accel import run_accel
 from llmsculpt.pretrain.groups import candidates, plan_for
-from llmsculpt.pretrain.loop import PretrainPruneConfig, pretrain_prune
+from llmsculpt.config import PretrainPruneConfig
+from llmsculpt.pretrain.loop import pretrain_prune
 from llmsculpt.pretrain.saliency import Saliency
 from llmsculpt.structures.shapes import Architecture, LayerShape, architecture, count_params
 from llmsculpt.testing import tiny_model, tiny_tokenizer

@@ -138,3 +138,72 @@ class PruneConfig:
 
         data = read_yaml(path, what="config")
         return cls.from_dict(data.get("prune", data))
+
+
+# mini-group types of pruning-aware training (EfficientLLM)
+MINI_GROUP_TYPES = ("attention", "mlp", "stem")
+
+
+@dataclass
+class AccelConfig:
+    """Adapt-Accel: phases of pruning then recovery training (``sculpt accel``)."""
+
+    target_params: int
+    phases: int = 4
+    data_allocation: str = "linear"
+    batch_size: int = 4
+    lr: float = 2e-5
+    min_lr: float = 2e-6
+    schedule: str = "wsd"
+    mode: str = "full"  # full | lora
+    distill: bool = False
+    temperature: float = 2.0
+    distill_weight: float = 0.5
+    prune_method: str = "adaptive"
+    prune_steps: int = 2
+    calib_samples: int = 8
+    calib_len: int = 128
+    checkpoint_every: int = 50
+    optimizer_state: str = "reset"  # reset | carry: AdamW moments across a pruning (train/optim_carry.py)
+    seed: int = 0
+    round_to: int = 1  # every phase's plan keeps MLP widths and query heads × head_dim multiples of this
+
+    def __post_init__(self):
+        if self.mode not in ("full", "lora"):
+            raise SculptError(f"mode must be full or lora, got {self.mode!r}")
+        if self.optimizer_state not in ("reset", "carry"):
+            raise SculptError(f"optimizer_state must be reset or carry, got {self.optimizer_state!r}")
+        if self.batch_size < 1 or self.phases < 1:
+            raise SculptError("batch size and phases must be >= 1")
+        check_round_to(self.round_to)
+
+
+@dataclass
+class PretrainPruneConfig:
+    """EfficientLLM pruning-aware training to a parameter budget (``sculpt pretrain-prune``)."""
+
+    target_params: int
+    ratio: str = "1:1"  # pruning steps : training steps
+    quantum: float = 0.02  # fraction of the original parameters removed per pruning step
+    metric: str = "taylor"
+    types: tuple[str, ...] = MINI_GROUP_TYPES
+    fixed_order: tuple[str, ...] | None = None  # e.g. ("stem", "attention", "mlp"), cycled
+    obs: bool = False
+    batch_size: int = 4
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    continue_steps: int = 0
+    seed: int = 0
+    round_to: int = 1  # pruned widths (hidden, MLP, query heads × head_dim) multiples of this; 1: any
+
+    def __post_init__(self):
+        try:
+            self.prune_every, self.train_every = (int(x) for x in self.ratio.split(":"))
+        except ValueError:
+            raise SculptError(f"ratio must look like 4:1 (pruning:training steps), got {self.ratio!r}") from None
+        if self.prune_every < 1 or self.train_every < 0 or not 0 < self.quantum < 1:
+            raise SculptError("need at least one pruning step per cycle and 0 < quantum < 1")
+        bad = set(self.types) - set(MINI_GROUP_TYPES) | set(self.fixed_order or ()) - set(MINI_GROUP_TYPES)
+        if bad:
+            raise SculptError(f"unknown mini-group types {sorted(bad)}; choose from {', '.join(MINI_GROUP_TYPES)}")
+        check_round_to(self.round_to)

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     from llmsculpt.cli._common import cli_arguments
     from llmsculpt.io.save import check_output_dir, save_pruned
-    from llmsculpt.methods.adapt_accel import AccelConfig, run_accel
+    from llmsculpt.config import AccelConfig
+    from llmsculpt.methods.adapt_accel import run_accel
     from llmsculpt.models.loading import load
     from llmsculpt.structures.shapes import count_params
     from llmsculpt.train.data import load_examples

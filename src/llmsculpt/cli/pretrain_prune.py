@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from llmsculpt.io.files import dumps_json
     from llmsculpt.io.report import print_architecture
     from llmsculpt.io.save import check_output_dir, save_pruned
-    from llmsculpt.methods.pruning_aware import PretrainPruneConfig, plot_trajectory, pretrain_prune
+    from llmsculpt.config import PretrainPruneConfig
+    from llmsculpt.methods.pruning_aware import plot_trajectory, pretrain_prune
     from llmsculpt.models.loading import load
     from llmsculpt.structures.shapes import architecture, count_params
     from llmsculpt.train.data import load_examples

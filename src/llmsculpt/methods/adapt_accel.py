@@ -25,12 +25,12 @@ import copy
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from llmsculpt.config import PruneConfig, check_round_to
+from llmsculpt.config import AccelConfig, PruneConfig
 from llmsculpt.errors import SculptError
 from llmsculpt.methods.base import PruneContext, get_method
 from llmsculpt.plan import Plan
@@ -45,36 +45,6 @@ from llmsculpt.train.schedule import learning_rate
 from llmsculpt.train.trainer import add_lora, make_optimizer, merge_lora, train_step
 
 
-@dataclass
-class AccelConfig:
-    target_params: int
-    phases: int = 4
-    data_allocation: str = "linear"
-    batch_size: int = 4
-    lr: float = 2e-5
-    min_lr: float = 2e-6
-    schedule: str = "wsd"
-    mode: str = "full"  # full | lora
-    distill: bool = False
-    temperature: float = 2.0
-    distill_weight: float = 0.5
-    prune_method: str = "adaptive"
-    prune_steps: int = 2
-    calib_samples: int = 8
-    calib_len: int = 128
-    checkpoint_every: int = 50
-    optimizer_state: str = "reset"  # reset | carry: AdamW moments across a pruning (train/optim_carry.py)
-    seed: int = 0
-    round_to: int = 1  # every phase's plan keeps MLP widths and query heads × head_dim multiples of this
-
-    def __post_init__(self):
-        if self.mode not in ("full", "lora"):
-            raise SculptError(f"mode must be full or lora, got {self.mode!r}")
-        if self.optimizer_state not in ("reset", "carry"):
-            raise SculptError(f"optimizer_state must be reset or carry, got {self.optimizer_state!r}")
-        if self.batch_size < 1 or self.phases < 1:
-            raise SculptError("batch size and phases must be >= 1")
-        check_round_to(self.round_to)
 
 
 class Interrupted(Exception):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmsculpt.pretrain.loop import Interrupted, PretrainPruneConfig, pretrain_prune
+from llmsculpt.config import PretrainPruneConfig
+from llmsculpt.pretrain.loop import Interrupted, pretrain_prune
 
 __all__ = ["Interrupted", "PretrainPruneConfig", "plot_trajectory", "pretrain_prune"]
 

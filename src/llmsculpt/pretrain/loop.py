@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from llmsculpt.config import check_round_to
+from llmsculpt.config import PretrainPruneConfig
 from llmsculpt.errors import SculptError
 from llmsculpt.plan import Plan
 from llmsculpt.pretrain.groups import candidates, plan_for
 from llmsculpt.pretrain.obs import apply_obs, input_hessians
-from llmsculpt.pretrain.saliency import HESSIAN_METRICS, TYPES, saliency, unit_params
+from llmsculpt.pretrain.saliency import HESSIAN_METRICS, saliency, unit_params
 from llmsculpt.structures.shapes import architecture, count_params
 from llmsculpt.surgery import apply_plan
 from llmsculpt.train.checkpoint import load_checkpoint, read_log, save_checkpoint
@@ -31,33 +31,6 @@ from llmsculpt.train.schedule import learning_rate
 from llmsculpt.train.trainer import make_optimizer, train_step
 
 
-@dataclass
-class PretrainPruneConfig:
-    target_params: int
-    ratio: str = "1:1"  # pruning steps : training steps
-    quantum: float = 0.02  # fraction of the original parameters removed per pruning step
-    metric: str = "taylor"
-    types: tuple[str, ...] = TYPES
-    fixed_order: tuple[str, ...] | None = None  # e.g. ("stem", "attention", "mlp"), cycled
-    obs: bool = False
-    batch_size: int = 4
-    lr: float = 1e-4
-    min_lr: float = 1e-5
-    continue_steps: int = 0
-    seed: int = 0
-    round_to: int = 1  # pruned widths (hidden, MLP, query heads × head_dim) multiples of this; 1: any
-
-    def __post_init__(self):
-        try:
-            self.prune_every, self.train_every = (int(x) for x in self.ratio.split(":"))
-        except ValueError:
-            raise SculptError(f"ratio must look like 4:1 (pruning:training steps), got {self.ratio!r}") from None
-        if self.prune_every < 1 or self.train_every < 0 or not 0 < self.quantum < 1:
-            raise SculptError("need at least one pruning step per cycle and 0 < quantum < 1")
-        bad = set(self.types) - set(TYPES) | set(self.fixed_order or ()) - set(TYPES)
-        if bad:
-            raise SculptError(f"unknown mini-group types {sorted(bad)}; choose from {', '.join(TYPES)}")
-        check_round_to(self.round_to)
 
 
 def pretrain_prune(
