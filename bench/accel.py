@@ -19,7 +19,7 @@ from pathlib import Path
 from llmsculpt.config import parse_count
 from llmsculpt.eval.perplexity import perplexity
 from llmsculpt.config import AccelConfig
-from llmsculpt.methods.adapt_accel import run_accel
+from llmsculpt.run import run_accel
 from llmsculpt.models.loading import load
 from llmsculpt.structures.shapes import count_params
 from llmsculpt.train.data import load_examples

@@ -58,7 +58,7 @@ def main() -> None:
             for name, method, opts in variants:
                 cfg = PruneConfig(method=method, ratio=ratio, seed=0, options=opts, layers=args.layers, split=split)
                 cfg.data.n_samples = args.n_samples
-                out = prune(copy.deepcopy(base.model), tokenizer=tok, config=cfg, calib_text=calib_text)
+                out = prune(copy.deepcopy(base.model), inplace=True, tokenizer=tok, config=cfg, calib_text=calib_text)
                 ppl = perplexity(out.model, tok, held_out, max_windows=args.max_windows).ppl
                 steps = opts.get("steps", 1)
                 sec = out.report["seconds"]

@@ -58,7 +58,7 @@ def main() -> None:
             cfg = PruneConfig(method=method, ratio=ratio, seed=0, options={"steps": args.steps} if method == "adaptive" else {})
             cfg.data.n_samples = args.n_samples
             try:
-                out = prune(copy.deepcopy(base.model), tokenizer=tok, config=cfg, calib_text=calib_text)
+                out = prune(copy.deepcopy(base.model), inplace=True, tokenizer=tok, config=cfg, calib_text=calib_text)
             except Exception as exc:  # report, keep going
                 print(f"| {method} | {ratio:.0%} | failed: {exc} | | | | |", flush=True)
                 continue

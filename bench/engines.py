@@ -35,11 +35,11 @@ def worker(out: Path, engine: str, method: str, blocks: int, target: str) -> Non
 
     from llmsculpt.config import parse_count
     from llmsculpt.config import AccelConfig, PretrainPruneConfig
-    from llmsculpt.methods.adapt_accel import run_accel
-    from llmsculpt.pretrain.loop import pretrain_prune
+    from llmsculpt.run import run_accel
+    from llmsculpt.run import pretrain_prune
     from llmsculpt.models.loading import load
     from llmsculpt.train.data import load_examples
-    from llmsculpt.train.sharded import is_meta
+    from llmsculpt.run.fsdp import is_meta
 
     rank = int(os.environ.get("RANK", "0"))
     loaded = load("smollm2-135m", device="cpu")
@@ -64,7 +64,7 @@ def worker(out: Path, engine: str, method: str, blocks: int, target: str) -> Non
         model, plan, log = run_accel(loaded.model, loaded.tokenizer, examples, cfg, checkpoint_dir=ckpt,
                                      progress=False, shard=shard)
     else:
-        cfg = PretrainPruneConfig(target_params=parse_count(target), ratio="2:1", quantum=0.04, batch_size=4)
+        cfg = PretrainPruneConfig(target_params=parse_count(target), cycle="2:1", quantum=0.04, batch_size=4)
         model, plan, log = pretrain_prune(loaded.model, loaded.tokenizer, examples, cfg, checkpoint_dir=ckpt,
                                           checkpoint_every=0, progress=False, shard=shard)
     final_loss = [e["loss"] for e in log if e.get("type", "train") == "train"][-1]

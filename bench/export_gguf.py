@@ -82,7 +82,7 @@ def main() -> None:
     cfg.data.n_samples = 8
     text = DATA.read_text(encoding="utf-8")[:1_000_000]
     t0 = time.perf_counter()
-    pruned = prune(copy.deepcopy(base.model), tokenizer=tok, config=cfg, calib_text=text).model
+    pruned = prune(copy.deepcopy(base.model), inplace=True, tokenizer=tok, config=cfg, calib_text=text).model
     print(f"pruned in {time.perf_counter() - t0:.0f} s")
     bench_ids = tok(text[:20_000], add_special_tokens=False).input_ids[: args.prefill]
     diff_ids = tok(PROMPT, add_special_tokens=False).input_ids

@@ -1,12 +1,14 @@
 """Peak memory of a prune per method × dtype × model, in bytes per parameter, and its time.
 
-Each run is its own process (``sculpt prune --dry-run --json``) measured from outside: peak RSS with
+Each run is its own process (``sculpt prune --json`` without ``--out``: the real prune, surgery
+included, nothing saved; a ``--dry-run`` would deep-copy the model for the iterative planners and
+so measure a copy users do not pay for) measured from outside: peak RSS with
 ``/usr/bin/time -v`` on the CPU (on CUDA the child prints ``torch.cuda.max_memory_allocated``).
 Models: the default (SmolLM2-135M) and a 0.5B-class Qwen2 shape (hidden 896, 24 layers, 14 heads /
 2 KV heads, MLP 4864, vocabulary 151,936, tied embeddings, q/k/v bias) with random weights, written
 once as BF16 safetensors to ``--cache``. ``--src DIR`` runs another checkout (e.g. a ``git worktree``
 of the previous commit at /tmp/before) for before/after numbers; such a checkout may lack
-``--dtype``, so only float32 is run there.
+``--dtype`` (then only float32 is run there) unless ``--src-dtype`` says it has it.
 
     nice -n 5 python bench/memory.py [--models default,qwen05b] [--methods adaptive,flap,uniform]
         [--dtypes float32,bfloat16] [--steps 2] [--src /tmp/before/src] [--json out.json]
@@ -46,15 +48,15 @@ def qwen05b_dir(cache: Path) -> Path:
     return out
 
 
-def run_one(model: str, method: str, dtype: str, *, steps: int, src: str | None) -> dict:
+def run_one(model: str, method: str, dtype: str, *, steps: int, src: str | None, src_dtype: bool = False) -> dict:
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "llmsculpt.cli.main", "prune", "--model", model,
-           "--method", method, "--ratio", "0.25", "--dry-run", "--json", "--no-eval"]
+           "--method", method, "--ratio", "0.25", "--json", "--no-eval"]
     if method == "adaptive":
         cmd += ["--option", f"steps={steps}"]
-    if not src:
+    if not src or src_dtype:
         cmd += ["--dtype", dtype]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -84,8 +86,7 @@ def time_passes(model_name: str, repeats: int = 3) -> dict[str, float]:
     import torch
 
     from llmsculpt.calibration import calibration_batch, default_documents
-    from llmsculpt.importance.base import GRAD
-    from llmsculpt.methods.base import LocalPasses
+    from llmsculpt.measure import LocalEngine, Needs
     from llmsculpt.models.loading import load
 
     loaded = load(model_name, device="cpu")
@@ -95,7 +96,7 @@ def time_passes(model_name: str, repeats: int = 3) -> dict[str, float]:
     for _ in range(repeats):
         for name, model in models.items():
             t0 = time.perf_counter()
-            LocalPasses().measure(model, batch, {GRAD}, distance="cosine")
+            LocalEngine().measure(model, batch, Needs(grad=True, layer_change="cosine"))
             best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
@@ -107,6 +108,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--steps", type=int, default=2, help="adaptive steps (peak memory is per step; default 2)")
     ap.add_argument("--src", default=None, help="PYTHONPATH of another checkout (float32 only)")
+    ap.add_argument("--src-dtype", action="store_true", help="the --src checkout has --dtype: run every dtype")
     ap.add_argument("--cache", default="/tmp/llmsculpt-bench")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--time-passes", action="store_true", help="only time one measuring pass, fp32 vs bf16")
@@ -123,13 +125,13 @@ def main() -> None:
     print(f"import-only RSS {base / 2**20:.0f} MiB ({'src ' + args.src if args.src else 'this tree'})")
     print(f"{'model':8} {'method':9} {'dtype':9} {'peak RSS':>9} {'B/param':>8} {'(-import)':>9} {'prune s':>8}")
     rows = []
-    dtypes = ["float32"] if args.src else args.dtypes.split(",")
+    dtypes = ["float32"] if args.src and not args.src_dtype else args.dtypes.split(",")
     for model in args.models.split(","):
         path = paths[model] or str(qwen05b_dir(Path(args.cache)))
         for method in args.methods.split(","):
             for dtype in dtypes:
                 r = {"model": model, "method": method, "dtype": dtype,
-                     **run_one(path, method, dtype, steps=args.steps, src=args.src)}
+                     **run_one(path, method, dtype, steps=args.steps, src=args.src, src_dtype=args.src_dtype)}
                 rows.append(r)
                 if "error" in r:
                     print(f"{model:8} {method:9} {dtype:9} error: {r['error']}")

@@ -94,7 +94,7 @@ def main() -> None:
                     opts = {"steps": args.steps, **opts}
                 cfg = PruneConfig(method=method, ratio=ratio, seed=0, options=opts)
                 cfg.data.n_samples = args.n_samples
-                out = prune(copy.deepcopy(base.model), tokenizer=tok, config=cfg, calib_text=calib_text)
+                out = prune(copy.deepcopy(base.model), inplace=True, tokenizer=tok, config=cfg, calib_text=calib_text)
                 model, params, label = out.model, out.report["params_after"], name
             sec = time.perf_counter() - t0
             ppl = perplexity(model, tok, held_out, seq_len=128, max_windows=args.max_windows).ppl

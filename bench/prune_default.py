@@ -52,7 +52,7 @@ def main() -> None:
         model = copy.deepcopy(base.model)
         cfg = PruneConfig(method=args.method, ratio=ratio, seed=0)
         cfg.data.n_samples = args.n_samples
-        out = prune(model, tokenizer=base.tokenizer, config=cfg, calib_text=calib_text)
+        out = prune(model, tokenizer=base.tokenizer, config=cfg, calib_text=calib_text, inplace=True)
         ppl = perplexity(out.model, base.tokenizer, held_out, max_windows=args.max_windows).ppl
         r = out.report
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

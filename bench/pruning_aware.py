@@ -20,7 +20,7 @@ from llmsculpt.config import parse_count
 from llmsculpt.eval.perplexity import perplexity
 from llmsculpt.models.loading import load
 from llmsculpt.config import PretrainPruneConfig
-from llmsculpt.pretrain.loop import pretrain_prune
+from llmsculpt.run import pretrain_prune
 from llmsculpt.structures.shapes import architecture, count_params
 from llmsculpt.train.data import load_examples
 from llmsculpt.train.finetune import finetune
@@ -58,7 +58,7 @@ def main() -> None:
     original = count_params(base.model)
     n_prune = math.ceil((original - target) / (0.03 * original))
     # every block is used once: the training steps left after the pruning phase continue training
-    cfg = PretrainPruneConfig(target_params=target, ratio="1:1", quantum=0.03, lr=args.lr, min_lr=args.lr / 10,
+    cfg = PretrainPruneConfig(target_params=target, cycle="1:1", quantum=0.03, lr=args.lr, min_lr=args.lr / 10,
                               continue_steps=max(0, len(examples) // 4 - 2 * n_prune))
     m, _, log = pretrain_prune(copy.deepcopy(base.model), tok, examples, cfg, progress=False)
     trained = sum(1 for e in log if e["type"] == "train")
@@ -69,7 +69,7 @@ def main() -> None:
         t0 = time.perf_counter()
         cut = PruneConfig(method=method, target_params=target, options=options)
         cut.data.n_samples = 8
-        one = prune(copy.deepcopy(base.model), tokenizer=tok, config=cut, calib_text=text[:1_000_000]).model
+        one = prune(copy.deepcopy(base.model), inplace=True, tokenizer=tok, config=cut, calib_text=text[:1_000_000]).model
         one, _ = finetune(one, tok, used, epochs=1, lr=args.lr, min_lr=args.lr / 10, lora=False, progress=False)
         print(f"| one-shot {method} then train ({len(used)} blocks) | {count_params(one):,} | "
               f"{perplexity(one, tok, held, max_windows=args.max_windows).ppl:.2f} | {time.perf_counter() - t0:.0f} | "

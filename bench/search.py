@@ -46,11 +46,11 @@ def main() -> None:
             study = run_study(objective, Path(tmp) / sampler, sampler=sampler, trials=args.trials)
             per = (time.perf_counter() - t0) / args.trials
             recipe = objective.recipe(study.best_params)
-            final = prune(copy.deepcopy(base.model), tokenizer=tok, config=recipe).model
+            final = prune(copy.deepcopy(base.model), inplace=True, tokenizer=tok, config=recipe).model
             print(f"| {sampler} | {study.best_value:.2f} | {perplexity(final, tok, held, max_windows=40).ppl:.2f} | {per:.1f} |", flush=True)
     fixed = PruneConfig(method="uniform", ratio=args.ratio, metric="taylor")
     fixed.data.n_samples = args.n_samples
-    out = prune(copy.deepcopy(base.model), tokenizer=tok, config=fixed, calib_text=calib)
+    out = prune(copy.deepcopy(base.model), inplace=True, tokenizer=tok, config=fixed, calib_text=calib)
     print(f"| fixed LLM-Pruner (uniform, taylor, random calibration) | - | {perplexity(out.model, tok, held, max_windows=40).ppl:.2f} | - |")
 
 

@@ -77,7 +77,7 @@ def prepare(work: Path, ratio: float) -> dict[str, str]:
         if method is not None:
             cfg = PruneConfig(method=method, ratio=ratio, seed=0, options={"steps": 3} if method == "adaptive" else {})
             cfg.data.n_samples = 8
-            model = prune(copy.deepcopy(base.model), tokenizer=base.tokenizer, config=cfg, calib_text=text).model
+            model = prune(copy.deepcopy(base.model), inplace=True, tokenizer=base.tokenizer, config=cfg, calib_text=text).model
         layout = plan_layout(model)
         export_vllm(model, base.tokenizer, out)
         print(f"{name}: {count_params(model):,} params, vLLM layout {layout.route}"

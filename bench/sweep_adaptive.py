@@ -108,7 +108,7 @@ def main() -> None:
         cfg = PruneConfig(method="adaptive", ratio=args.ratio, seed=0, options=opts, split=cfg_change.get("split"))
         cfg.data.n_samples = cfg_change.get("n_samples", args.n_samples)
         t0 = time.perf_counter()
-        out = prune(copy.deepcopy(base.model), tokenizer=tok, config=cfg, calib_text=calib_text, progress=True)
+        out = prune(copy.deepcopy(base.model), inplace=True, tokenizer=tok, config=cfg, calib_text=calib_text, progress=True)
         sec = time.perf_counter() - t0
         ppl = perplexity(out.model, tok, held_out, seq_len=128, max_windows=args.max_windows).ppl
         key = (opts["steps"], cfg.data.n_samples)

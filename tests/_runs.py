@@ -29,7 +29,7 @@ def token_blocks(n: int = 24, seq: int = 32) -> list[Example]:
 
 def pretrain_case(**overrides):
     """model, tokenizer, examples, config: 2 pruning steps per training step, OBS update."""
-    kw = dict(target_params=105_000, ratio="2:1", quantum=0.04, continue_steps=2, obs=True) | overrides
+    kw = dict(target_params=105_000, cycle="2:1", quantum=0.04, continue_steps=2, obs=True) | overrides
     return tiny_model("tiny-llama"), tiny_tokenizer(), token_blocks(), PretrainPruneConfig(**kw)
 
 

@@ -9,8 +9,9 @@ import torch
 from llmsculpt.allocation import PruneScope, counts_for_sparsity, solve_uniform_offset
 from llmsculpt.allocation.adaptive import accumulate, adaptive_offsets, clip_state, normalise_importance, step_offsets
 from llmsculpt.config import PruneConfig
-from llmsculpt.importance.layer_importance import layer_change, layer_io_hooks, normalise
-from llmsculpt.methods import PruneContext, get_method
+from llmsculpt.importance.layer_importance import layer_change, normalise
+from llmsculpt.measure.hooks import layer_io_hooks
+from llmsculpt.methods import PruneContext, prune_model
 from llmsculpt.structures.shapes import LayerShape, architecture, count_params
 from llmsculpt.surgery import apply_plan
 from llmsculpt.testing import tiny_model, tiny_tokenizer
@@ -21,8 +22,11 @@ def calib(seed):
 
 
 def run(method, model, **cfg):
-    ctx = PruneContext(model, tiny_tokenizer(), PruneConfig(**cfg), calib, progress=False)
-    return get_method(method)(ctx)
+    """Prune ``model`` itself (inplace) and return the PruneResult."""
+    ctx = PruneContext(model, tiny_tokenizer(), PruneConfig(method=method, **cfg), calib, inplace=True)
+    pruned, result = prune_model(ctx)
+    assert pruned is model
+    return result
 
 
 def test_identity_layer_is_least_important():

@@ -72,7 +72,7 @@ CASES = [
     ("eval " + M + " --text nosuch.txt", "does not exist"),
     ("eval " + M + " --mc-file {badjsonl_task}", "not valid JSON"),
     (P + " --config {badyaml}", "bad.yaml:2:7: config is not valid YAML"),
-    (P + " --config {unknownyaml}", "unknown prune config keys: bogus"),
+    (P + " --config {unknownyaml}", "unknown key 'bogus' in prune recipe; known: model, method"),
     (P + " --config nosuch.yaml", "does not exist"),
     (P + " --config {listyaml}", "must be a mapping"),
     # outputs: unwritable, a file, or existing without --overwrite

@@ -8,7 +8,7 @@ import torch
 
 from llmsculpt.config import PruneConfig
 from llmsculpt.io.save import save_pruned
-from llmsculpt.methods import PruneContext, get_method
+from llmsculpt.methods import PruneContext, check_options, get_method, method_names, prune_model
 from llmsculpt.models.loading import load
 from llmsculpt.structures.shapes import architecture, count_params
 from llmsculpt.testing import tiny_model, tiny_tokenizer
@@ -19,7 +19,11 @@ def calib(seed):
 
 
 def run(method, model, **cfg):
-    return get_method(method)(PruneContext(model, tiny_tokenizer(), PruneConfig(**cfg), calib, progress=False))
+    """Prune ``model`` itself (inplace) and return the PruneResult."""
+    ctx = PruneContext(model, tiny_tokenizer(), PruneConfig(method=method, **cfg), calib, inplace=True)
+    pruned, result = prune_model(ctx)
+    assert pruned is model
+    return result
 
 
 def _outputs(model, module_name, x):
@@ -86,3 +90,77 @@ def test_flap_output_biases_round_trip_in_every_family(tmp_path, family):
     save_pruned(model, tiny_tokenizer(), tmp_path / "m", plan=result.plan)
     x = calib(5)
     assert torch.equal(load(tmp_path / "m", device="cpu").model(x).logits, model(x).logits)
+
+
+SAMPLE_AWARE = {"samples": [0, 2], "pool_size": 3, "pool_seed": 0, "alpha1": 0.4, "alpha2": 0.7, "lambda1": 1.5,
+                "lambda2": 0.01, "calib_text": "Calibration words for the sample pool of the planner test. " * 40}
+OPTIONS = {"adaptive": {"steps": 2}, "sample_aware": SAMPLE_AWARE}
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_a_planner_never_modifies_the_callers_model(method):
+    """plan() and prune_model() without inplace leave the caller's weights and shapes as they were."""
+    model = tiny_model("tiny-llama", num_hidden_layers=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = model.config.to_dict()
+    ctx = PruneContext(model, tiny_tokenizer(), PruneConfig(method=method, ratio=0.2, options=OPTIONS.get(method, {})),
+                       calib)
+    result = get_method(method).plan(ctx)
+    pruned, again = prune_model(ctx)
+    assert result.plan.to_dict() == again.plan.to_dict()
+    assert pruned is not model and count_params(pruned) < count_params(model)
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(before[k], after[k]) for k in before)
+    assert model.config.to_dict() == config
+    assert not any(p.grad is not None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_flap_plan_replays_from_its_files_on_a_fresh_dense_model(tmp_path):
+    """FLAP's bias compensation lives in the plan: plan.json + its sidecar, applied to a fresh dense
+    model, give exactly the pruned model's logits (and its output-bias config)."""
+    from llmsculpt.plan import Plan
+    from llmsculpt.surgery import apply_plan
+
+    dense = tiny_model("tiny-llama")
+    pruned, result = prune_model(PruneContext(dense, tiny_tokenizer(), PruneConfig(method="flap", ratio=0.3), calib))
+    assert {u.module for u in result.plan.updates} == {"o_proj", "down_proj"}
+    result.plan.save(tmp_path / "plan.json")
+    assert (tmp_path / "plan.updates.safetensors").is_file()
+    json_only = Plan.from_dict(result.plan.to_dict())
+    assert all(u.value is None for u in json_only.updates)
+    replay = apply_plan(tiny_model("tiny-llama"), Plan.load(tmp_path / "plan.json"))
+    x = calib(3)
+    assert torch.equal(replay(x).logits, pruned(x).logits)
+    assert replay.config.sculpt_output_bias == {"o_proj": True, "down_proj": True}
+    (tmp_path / "plan.updates.safetensors").unlink()
+    from llmsculpt.errors import SculptError
+
+    with pytest.raises(SculptError, match="updates.safetensors"):
+        Plan.load(tmp_path / "plan.json")
+
+
+def test_saved_flap_output_reloads_its_plan_identically(tmp_path):
+    """save_pruned writes plan.json with its sidecar; the reloaded plan replays the saved model."""
+    from llmsculpt.plan import Plan
+    from llmsculpt.surgery import apply_plan
+
+    model = tiny_model("tiny-qwen2")
+    pruned, result = prune_model(PruneContext(model, tiny_tokenizer(), PruneConfig(method="flap", ratio=0.25), calib))
+    save_pruned(pruned, tiny_tokenizer(), tmp_path / "m", plan=result.plan)
+    x = calib(4)
+    replay = apply_plan(tiny_model("tiny-qwen2"), Plan.load(tmp_path / "m" / "plan.json"))
+    assert torch.equal(replay(x).logits, load(tmp_path / "m", device="cpu").model(x).logits)
+
+
+@pytest.mark.parametrize("method, key", [("flap", "steps"), ("uniform", "amplitude"), ("adaptive", "stepz"),
+                                         ("sample_aware", "alpha3")])
+def test_check_options_rejects_an_unknown_key_by_name(method, key):
+    from llmsculpt.errors import SculptError
+
+    with pytest.raises(SculptError, match=f"unknown {method} options: {key}; known: ") as err:
+        check_options(method, {key: 1})
+    if method == "adaptive":
+        assert "amplitude, steps, normalise, cumulative, distance, resample" in str(err.value)
+    assert check_options("adaptive", {"steps": "3"}).steps == 3
+    assert check_options("flap", {}) is not None

@@ -211,14 +211,16 @@ def _check_cell(ws: Workspace, producer: str, family: str, consumer: str, tmp_pa
             assert torch.isfinite(torch.tensor(result["ppl"])) and result["ppl"] > 1
         return
     if consumer == "search":
-        assert (target / "best.yaml").is_file()
+        assert (target / "best.yaml").is_file() and (target / "recipe.yaml").is_file()
         return
     assert target.exists()
     if consumer.startswith("export-gguf"):
         import gguf
 
         assert len(gguf.GGUFReader(target).tensors) > 0
+        assert target.with_name(target.name + ".recipe.yaml").is_file()  # the effective recipe beside the file
         return
+    assert (target / "recipe.yaml").is_file()  # every written model carries the recipe that replays it
     reloaded = load(target, device="cpu")
     with torch.no_grad():
         logits = reloaded.model(torch.randint(4, 100, (1, 12))).logits

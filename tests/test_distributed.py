@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmsculpt.methods.adapt_accel import run_accel
-from llmsculpt.pretrain.loop import pretrain_prune
-from llmsculpt.train.distributed import Processes
+from llmsculpt.run import pretrain_prune, run_accel
+from llmsculpt.run.processes import Processes
 from llmsculpt.train.data import Example
 
 from _runs import accel_case, pretrain_case
@@ -109,18 +108,17 @@ def test_a_sharded_runs_checkpoint_resumes_in_one_process(sharded_run, tmp_path)
 def test_sharded_measuring_pass_equals_the_local_one(tmp_path):
     """Adapt-Pruner's layer importance, loss and whole gradients from a sharded model over uneven
     slices of the calibration batch equal one process's."""
-    from llmsculpt.importance.base import GRAD
-    from llmsculpt.methods.base import LocalPasses
+    from llmsculpt.measure import LocalEngine, Needs
     from llmsculpt.testing.tiny import tiny_model
 
     _torchrun("sharded_passes.py", tmp_path)
     got = torch.load(tmp_path / "passes.pt")
     model = tiny_model("tiny-llama")
     batch = torch.randint(4, 128, (5, 16), generator=torch.Generator().manual_seed(3))
-    stats, importance = LocalPasses().measure(model, batch, {GRAD}, distance="cosine")
-    assert got["loss"] == pytest.approx(stats.loss, rel=1e-5)
-    assert torch.allclose(got["importance"], importance, atol=1e-6)
-    _same(got["grad"], stats.grad, atol=1e-6)
+    m = LocalEngine().measure(model, batch, Needs(grad=True, layer_change="cosine"))
+    assert got["loss"] == pytest.approx(m.loss, rel=1e-5)
+    assert torch.allclose(got["importance"], m.layer, atol=1e-6)
+    _same(got["grad"], {k: v.detach() for k, v in m.grad.items()}, atol=1e-6)
 
 
 def test_sharded_run_carries_moments_and_distils_like_one_process(tmp_path):
@@ -131,6 +129,18 @@ def test_sharded_run_carries_moments_and_distils_like_one_process(tmp_path):
     run = _load_run(out)
     _equals_single_process(run, tmp_path, optimizer_state="carry", distill=True)
     _same(run["resumed-0"]["state"], run["full-0"]["state"], atol=1e-6)
+
+
+def test_flap_on_two_processes_equals_one(tmp_path):
+    """FLAP's bias compensation is part of its plan: the other process builds the same shapes (zero
+    biases) and receives the main process's values with its weights."""
+    out = tmp_path / "run"
+    out.mkdir()
+    _torchrun("accel_two_processes.py", out, "ddp-flap")
+    run = {name: torch.load(out / f"{name}.pt") for name in ("full-0", "full-1")}
+    _same(run["full-0"]["state"], run["full-1"]["state"], atol=0)
+    assert any(name.endswith("o_proj.bias") for name in run["full-0"]["state"])
+    _equals_single_process(run, tmp_path, prune_method="flap")
 
 
 def test_batch_shares_reproduce_the_token_mean(monkeypatch):
@@ -188,7 +198,7 @@ def _fake_launch(monkeypatch, kind: str) -> None:
 
 def test_a_bad_collective_timeout_is_refused(monkeypatch):
     from llmsculpt.errors import SculptError
-    from llmsculpt.train.distributed import timeout_from_env
+    from llmsculpt.run.processes import timeout_from_env
 
     for bad in ("soon", "0"):
         monkeypatch.setenv("SCULPT_DIST_TIMEOUT", bad)

@@ -347,6 +347,12 @@ def test_cli_export(tmp_path, capsys):
     assert "without remote code" in capsys.readouterr().out
     assert main(["export", "--model", str(tmp_path / "uni"), "--format", "gguf", "--out", str(tmp_path / "u.gguf")]) == 0
     assert "qwen2" in capsys.readouterr().out
+    from llmsculpt.config import ExportConfig  # the effective recipe beside the file; it replays the export
+
+    recipe = tmp_path / "u.gguf.recipe.yaml"
+    assert ExportConfig.from_yaml(recipe) == ExportConfig(model=str(tmp_path / "uni"), format="gguf", dtype="f16")
+    assert main(["export", "--config", str(recipe), "--out", str(tmp_path / "v.gguf")]) == 0
+    assert (tmp_path / "v.gguf").read_bytes() == (tmp_path / "u.gguf").read_bytes()
     assert main(["export", "--model", str(tmp_path / "uni"), "--format", "gguf", "--dtype", "q3",
                  "--out", str(tmp_path / "z.gguf")]) == 2
     assert not (tmp_path / "z.gguf").exists()

@@ -145,6 +145,9 @@ def test_cli_export_vllm(tmp_path):
                          str(tmp_path / "served"))
     assert code == 0, err
     assert "Nemotron-NAS" in out and "3 zero-padded" in out
+    from llmsculpt.config import ExportConfig  # the effective recipe, inside the directory
+
+    assert ExportConfig.from_yaml(tmp_path / "served" / "recipe.yaml").format == "vllm"
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "served", trust_remote_code=True)
     torch.testing.assert_close(_logits(loaded.eval(), tok), _logits(model, tok), rtol=1e-5, atol=1e-5)
     code, _, err = cli("export", "--model", str(tmp_path / "pruned"), "--format", "vllm", "--out",

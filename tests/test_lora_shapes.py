@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from llmsculpt.io.save import save_pruned
 from llmsculpt.config import AccelConfig
-from llmsculpt.methods.adapt_accel import run_accel
+from llmsculpt.run import run_accel
 from llmsculpt.models.loading import load
 from llmsculpt.models.sculpt_modeling import HeadGatherLinear
 from llmsculpt.plan import Plan

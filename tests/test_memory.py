@@ -7,8 +7,8 @@ import torch
 from llmsculpt.eval.chunked_loss import causal_lm_loss
 from llmsculpt.eval.perplexity import perplexity
 from llmsculpt.importance import get_metric
-from llmsculpt.importance.base import ACT, GRAD
-from llmsculpt.importance.collect import Stats, collect_stats, scored_parameters
+from llmsculpt.measure import LocalEngine, Measurements, Needs
+from llmsculpt.measure.local import scored_parameters
 from llmsculpt.importance.groups import score_groups
 from llmsculpt.models.spec import get_path, spec_for
 from llmsculpt.testing import tiny_model, tiny_tokenizer
@@ -16,14 +16,18 @@ from llmsculpt.testing import tiny_model, tiny_tokenizer
 BATCH = torch.randint(4, 128, (6, 24), generator=torch.Generator().manual_seed(1))
 
 
-def _reference_grad(model, batch, micro=4) -> Stats:
-    """What collect_stats did before: every parameter's gradient of the HF loss, cloned."""
+def collect_stats(model, batch, needs: Needs) -> Measurements:
+    return LocalEngine().measure(model, batch, needs)
+
+
+def _reference_grad(model, batch, micro=4) -> Measurements:
+    """What the measuring pass did before: every parameter's gradient of the HF loss, cloned."""
     for p in model.parameters():
         p.requires_grad_(True)
         p.grad = None
     for ids in torch.split(batch, micro):
         (model(input_ids=ids, labels=ids, use_cache=False).loss * ids.shape[0] / batch.shape[0]).backward()
-    stats = Stats(grad={n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    stats = Measurements(grad={n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     model.zero_grad(set_to_none=True)
     return stats
 
@@ -51,7 +55,7 @@ def test_gradients_only_on_scored_parameters_and_scores_unchanged():
     ref = score_groups(model, _reference_grad(model, BATCH), metric)
     for p in model.parameters():
         p.requires_grad_(False)
-    stats = collect_stats(model, BATCH, {GRAD})
+    stats = collect_stats(model, BATCH, Needs(grad=True))
     assert set(stats.grad) == set(scored_parameters(model))
     embed = get_path(model, spec_for(model).embed).weight
     assert embed.grad is None and not embed.requires_grad
@@ -73,9 +77,9 @@ def test_no_full_vocabulary_logits_and_forward_passes_in_inference_mode():
 
         old, cl.CHUNK_ELEMENTS = cl.CHUNK_ELEMENTS, 7 * model.config.vocab_size
         try:
-            collect_stats(model, BATCH, {ACT})
+            collect_stats(model, BATCH, Needs(act=True))
             ppl = perplexity(model, tok, "abcdefghij" * 30, seq_len=20, batch_size=4)
-            collect_stats(model, BATCH, {GRAD})
+            collect_stats(model, BATCH, Needs(grad=True))
         finally:
             cl.CHUNK_ELEMENTS = old
     finally:
@@ -90,9 +94,9 @@ def test_bf16_scores_close_to_fp32_ranking():
     """bf16 weights, fp32 accumulation: scores within 5 % of fp32's (relative to their largest)."""
     model = tiny_model("tiny-qwen3")
     metric = get_metric("taylor")
-    ref = score_groups(model, collect_stats(model, BATCH, {GRAD}), metric)
+    ref = score_groups(model, collect_stats(model, BATCH, Needs(grad=True)), metric)
     model.to(torch.bfloat16)
-    got = score_groups(model, collect_stats(model, BATCH, {GRAD}), metric)
+    got = score_groups(model, collect_stats(model, BATCH, Needs(grad=True)), metric)
     for a, b in zip(got.layers, ref.layers):
         assert a.mlp.dtype == torch.float32
         assert (a.mlp - b.mlp).abs().max() <= 0.05 * b.mlp.abs().max()

@@ -60,12 +60,12 @@ def _run_case(name: str) -> dict:
     if name in CASES:
         return _summary(*_prune(*CASES[name]))
     if name.startswith("pretrain"):
-        from llmsculpt.pretrain.loop import pretrain_prune
+        from llmsculpt.run import pretrain_prune
 
         model, tok, examples, cfg = pretrain_case(**({"metric": "obc"} if name == "pretrain-obc-obs" else {}))
         model, plan, _ = pretrain_prune(model, tok, examples, cfg, progress=False)
         return _summary(plan, model)
-    from llmsculpt.methods.adapt_accel import run_accel
+    from llmsculpt.run import run_accel
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,10 +11,11 @@ from transformers import AutoModelForCausalLM
 from llmsculpt.errors import SculptError
 from llmsculpt.io.save import save_pruned
 from llmsculpt.models.loading import load
-from llmsculpt.pretrain.groups import plan_for
+from llmsculpt.methods.pruning_aware import plan_for
 from llmsculpt.config import PretrainPruneConfig
-from llmsculpt.pretrain.loop import pretrain_prune
-from llmsculpt.pretrain.obs import apply_obs, input_hessians, obs_remove_columns
+from llmsculpt.run import pretrain_prune
+from llmsculpt.importance.obs import obs_remove_columns, obs_updates
+from llmsculpt.measure.hooks import input_hessians
 from llmsculpt.structures.shapes import architecture, count_params
 from llmsculpt.surgery import apply_plan
 from llmsculpt.testing import tiny_model, tiny_tokenizer
@@ -69,9 +70,9 @@ def test_obs_reduces_the_loss_jump_of_a_pruning_step():
         base = model(input_ids=batch, labels=batch).loss.item()
     units = [(i, c) for i in range(4) for c in range(0, 96, 3)]
     plain = apply_plan(copy.deepcopy(model), plan_for(arch, "mlp", units))
-    obs = copy.deepcopy(model)
-    apply_obs(obs, arch, "mlp", units, hess)
-    apply_plan(obs, plan_for(arch, "mlp", units))
+    plan = plan_for(arch, "mlp", units)
+    plan.updates = obs_updates(model, arch, "mlp", units, hess)
+    obs = apply_plan(copy.deepcopy(model), plan)
     with torch.no_grad():
         jump_plain = model_loss(plain, batch) - base
         jump_obs = model_loss(obs, batch) - base
@@ -85,7 +86,7 @@ def model_loss(model, batch):
 def test_cluster_attention_saves_reloads_and_generates(tmp_path):
     model = tiny_model("tiny-llama")
     model, plan, log = pretrain_prune(model, tiny_tokenizer(), examples(), PretrainPruneConfig(
-        target_params=125_000, fixed_order=("attention",), ratio="1:0", quantum=0.03), progress=False)
+        target_params=125_000, fixed_order=("attention",), cycle="1:0", quantum=0.03), progress=False)
     arch = architecture(model)
     assert {e["type"] for e in log} == {"attention"} and not arch.is_uniform
     assert any(not ls.is_grouped_evenly for ls in arch.layers)  # uneven query heads per K/V head
@@ -99,7 +100,7 @@ def test_cluster_attention_saves_reloads_and_generates(tmp_path):
 
 def test_run_reaches_budget_with_training_between(tmp_path):
     model = tiny_model("tiny-mistral")
-    cfg = PretrainPruneConfig(target_params=100_000, ratio="2:1", quantum=0.04, continue_steps=2)
+    cfg = PretrainPruneConfig(target_params=100_000, cycle="2:1", quantum=0.04, continue_steps=2)
     model, plan, log = pretrain_prune(model, tiny_tokenizer(), examples(), cfg, progress=False)
     assert count_params(model) <= 100_000
     kinds = [e["type"] for e in log]
@@ -129,14 +130,14 @@ def test_cli_end_to_end(tmp_path, capsys):
                  "--seq-len", "32", "--out", str(tmp_path / "fresh"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
     assert main(["pretrain-prune", "--model", "tiny-llama", "--target-params", "110000", "--data", str(corpus),
-                 "--ratio", "x", "--out", str(tmp_path / "bad")]) == 2
+                 "--cycle", "x", "--out", str(tmp_path / "bad")]) == 2
 
 
 def test_obc_scores_are_the_errors_left_after_the_obs_update():
     """For an MLP channel and a head, the obc saliency (× parameters freed) equals the layer-output
     error ‖(W − W')X‖² after removing it with the OBS update (same damped Hessian)."""
-    from llmsculpt.pretrain.obs import damped
-    from llmsculpt.pretrain.saliency import obc_saliency, unit_params
+    from llmsculpt.importance.obs import damped
+    from llmsculpt.importance.saliency import obc_saliency, unit_params
 
     model = tiny_model("tiny-llama")
     arch = architecture(model)
@@ -162,16 +163,16 @@ def test_obc_scores_are_the_errors_left_after_the_obs_update():
 
 
 def test_obc_metric_run_reaches_the_budget():
-    cfg = PretrainPruneConfig(target_params=110_000, metric="obc", quantum=0.05, ratio="1:1")
+    cfg = PretrainPruneConfig(target_params=110_000, metric="obc", quantum=0.05, cycle="1:1")
     model, _, log = pretrain_prune(tiny_model("tiny-llama"), tiny_tokenizer(), examples(), cfg, progress=False)
     assert count_params(model) <= 110_000
     assert all(set(e["saliency"]) == {"attention", "mlp", "stem"} for e in log if e["type"] != "train")
 
 
 def test_killed_run_resumes_to_the_same_model(tmp_path):
-    from llmsculpt.methods.pruning_aware import Interrupted
+    from llmsculpt.run import Interrupted
 
-    cfg = PretrainPruneConfig(target_params=105_000, ratio="2:1", quantum=0.04, continue_steps=2, obs=True)
+    cfg = PretrainPruneConfig(target_params=105_000, cycle="2:1", quantum=0.04, continue_steps=2, obs=True)
     kw = dict(checkpoint_every=3, progress=False)
     full, full_plan, full_log = pretrain_prune(tiny_model("tiny-llama"), tiny_tokenizer(), examples(), cfg,
                                                checkpoint_dir=tmp_path / "full", **kw)
@@ -186,7 +187,43 @@ def test_killed_run_resumes_to_the_same_model(tmp_path):
         assert torch.allclose(a, b, atol=1e-6), name
     lines = (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(len(full_log)))
-    other = PretrainPruneConfig(target_params=105_000, ratio="1:1", quantum=0.04, continue_steps=2, obs=True)
-    with pytest.raises(SculptError, match="different settings.*ratio"):
+    other = PretrainPruneConfig(target_params=105_000, cycle="1:1", quantum=0.04, continue_steps=2, obs=True)
+    with pytest.raises(SculptError, match="different settings.*cycle"):
         pretrain_prune(tiny_model("tiny-llama"), tiny_tokenizer(), examples(), other, checkpoint_dir=tmp_path / "cut",
                        resume=True, **kw)
+
+
+@pytest.mark.parametrize("obs, metric", [(True, "taylor"), (True, "obc"), (False, "fisher")])
+def test_plan_step_plans_without_touching_the_model_and_its_plan_replays(tmp_path, obs, metric):
+    """plan_step measures and decides only; its plan (OBS updates inside) applied to a copy equals
+    the old in-place step: the OBS-compensated weight, then the selection."""
+    from llmsculpt.measure import LocalEngine
+    from llmsculpt.methods.pruning_aware import plan_step
+    from llmsculpt.plan import Plan
+
+    model = tiny_model("tiny-llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = torch.randint(4, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+    share = {"input_ids": batch, "attention_mask": torch.ones_like(batch), "labels": batch, "loss_scale": 1.0}
+    cfg = PretrainPruneConfig(target_params=110_000, metric=metric, obs=obs, fixed_order=("mlp",))
+    plan, entry = plan_step(LocalEngine(), model, share, cfg, quantum=5000.0, prune_done=0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(p.grad is not None for p in model.parameters())
+    assert entry["type"] == "mlp" and entry["removed"] > 0 and set(entry) == {"loss", "type", "removed", "saliency"}
+    assert bool(plan.updates) == obs and all(u.module == "down_proj" and u.op == "set" for u in plan.updates)
+    pruned = apply_plan(copy.deepcopy(model), plan)
+    if obs:  # the old path: compensate the whole weight in place, then cut the removed columns
+        with torch.no_grad(), input_hessians(model, True) as hess:
+            model(input_ids=batch)
+        old = copy.deepcopy(model)
+        arch = architecture(old)
+        for i, layer in enumerate(old.model.layers):
+            gone = [c for c in range(arch.layers[i].mlp) if plan.layers[i].mlp is not None and c not in plan.layers[i].mlp]
+            with torch.no_grad():
+                layer.mlp.down_proj.weight.copy_(obs_remove_columns(layer.mlp.down_proj.weight, hess[(i, "down")], gone))
+        apply_plan(old, plan.without_updates())
+        assert torch.equal(old(X).logits, pruned(X).logits)
+    plan.save(tmp_path / "plan.json")
+    assert (tmp_path / "plan.updates.safetensors").is_file() == obs
+    replay = apply_plan(copy.deepcopy(model), Plan.load(tmp_path / "plan.json"))
+    assert torch.equal(replay(X).logits, pruned(X).logits)

@@ -14,13 +14,13 @@ from llmsculpt.allocation.rounding import allowed, nearest
 from llmsculpt.config import PruneConfig
 from llmsculpt.errors import SculptError
 from llmsculpt.importance.groups import GroupScores, LayerScores
-from llmsculpt.methods import PruneContext, get_method
+from llmsculpt.methods import PruneContext, prune_model
 from llmsculpt.config import AccelConfig
-from llmsculpt.methods.adapt_accel import run_accel
-from llmsculpt.pretrain.groups import candidates, plan_for
+from llmsculpt.run import run_accel
+from llmsculpt.methods.pruning_aware import candidates, plan_for
 from llmsculpt.config import PretrainPruneConfig
-from llmsculpt.pretrain.loop import pretrain_prune
-from llmsculpt.pretrain.saliency import Saliency
+from llmsculpt.run import pretrain_prune
+from llmsculpt.importance.saliency import Saliency
 from llmsculpt.structures.shapes import Architecture, LayerShape, architecture, count_params
 from llmsculpt.testing import tiny_model, tiny_tokenizer
 
@@ -36,8 +36,9 @@ def calib(seed):
 
 
 def run(method, model, **cfg):
-    return get_method(method)(PruneContext(model, tiny_tokenizer(), PruneConfig(method=method, **cfg), calib,
-                                           progress=False))
+    """Plan with ``method`` and prune ``model`` in place; returns the PruneResult."""
+    return prune_model(PruneContext(model, tiny_tokenizer(), PruneConfig(method=method, **cfg), calib,
+                                    inplace=True))[1]
 
 
 def fingerprint(plan) -> str:
@@ -252,7 +253,7 @@ def test_search_recipe_keeps_round_to_and_replays_with_multiples(tmp_path):
     assert replay.round_to == 16
     model = tiny_model("tiny-llama")
     source = architecture(model)
-    get_method("sample_aware")(PruneContext(model, tiny_tokenizer(), replay, calib, progress=False))
+    prune_model(PruneContext(model, tiny_tokenizer(), replay, calib, inplace=True))
     assert_multiples(architecture(model), source, 16)
     assert any(ls.mlp < 96 for ls in architecture(model).layers)
 
@@ -261,7 +262,7 @@ def test_search_recipe_keeps_round_to_and_replays_with_multiples(tmp_path):
 
 @pytest.mark.parametrize("order, target", [(("stem", "attention", "mlp"), 95_000), (None, 110_000)])
 def test_pruning_aware_training_keeps_multiples_at_every_step(monkeypatch, order, target):
-    import llmsculpt.pretrain.loop as loop
+    import llmsculpt.run.pruning as loop
 
     model, tok, examples, cfg = pretrain_case(round_to=16, fixed_order=order, obs=False, target_params=target)
     model = tiny_model("tiny-llama", **GQA8)

@@ -130,3 +130,48 @@ def test_plan_json_round_trip_and_composition(tmp_path):
     apply_plan(step, second)
     once = apply_plan(copy.deepcopy(model), first.compose(second))
     assert torch.allclose(once(X).logits, step(X).logits, atol=1e-6)
+
+
+def _update(plan: Plan, arch, layer: int, module: str, param: str, op: str, seed: int):
+    """A random update of the right shape for ``plan``'s result (``arch`` is what it applies to)."""
+    from llmsculpt.plan import Update
+
+    res = plan.resulting(arch)
+    kept = [lp.index for lp in plan.layers if not lp.drop]
+    ls = res.layers[kept.index(layer)]
+    cols = ls.n_heads * arch.head_dim if module == "o_proj" else ls.mlp
+    shape = (res.hidden, cols) if param == "weight" else (res.hidden,)
+    value = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return Update(layer=layer, module=module, param=param, op=op, value=value,
+                  unit=arch.head_dim if module == "o_proj" else 1)
+
+
+def test_plan_updates_apply_compose_and_round_trip(tmp_path):
+    """Updates are set/added after the selection (biases created where needed), survive save/load
+    in the sidecar, and composing two plans with updates equals applying them one after the other."""
+    model = tiny_model("tiny-llama", rms_norm_eps=1e-12)
+    arch = architecture(model)
+    first = _mixed_plan(arch, hidden=False)
+    first.updates = [_update(first, arch, 0, "o_proj", "weight", "set", 1), _update(first, arch, 1, "down_proj", "bias", "add", 2),
+                     _update(first, arch, 3, "down_proj", "weight", "set", 3)]
+    step = apply_plan(copy.deepcopy(model), first)
+    assert torch.equal(step.model.layers[0].self_attn.o_proj.weight, first.updates[0].value)
+    assert torch.equal(step.model.layers[1].mlp.down_proj.bias, first.updates[1].value)
+    assert step.model.layers[0].mlp.down_proj.bias is not None and step.config.sculpt_output_bias == {
+        "o_proj": False, "down_proj": True}
+    first.save(tmp_path / "p.json")
+    loaded = Plan.load(tmp_path / "p.json")
+    assert loaded.to_dict() == first.to_dict() and torch.equal(loaded.updates[2].value, first.updates[2].value)
+    mid = architecture(step)
+    second = Plan.keep_all(mid)
+    second.layers[0].heads, second.layers[0].kv_heads = [1], [mid.layers[0].kv_map[1]]
+    second.layers[1].mlp = list(range(3, 40))
+    second.layers[2].drop = True  # the original layer 3, whose down_proj weight the first plan set
+    second.hidden = list(range(2, 62))
+    second.updates = [_update(second, mid, 1, "o_proj", "bias", "add", 4)]
+    apply_plan(step, second)
+    composed = first.compose(second)
+    assert [u.layer for u in composed.updates] == [0, 1, 1]  # original indices; layer 3's update went with it
+    once = apply_plan(copy.deepcopy(model), composed)
+    assert torch.allclose(once(X).logits, step(X).logits, atol=1e-6)
+    assert not first.without_updates().updates and first.updates

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llmsculpt.errors import SculptError
-from llmsculpt.methods.adapt_accel import Interrupted, run_accel
+from llmsculpt.run import Interrupted, run_accel
 from llmsculpt.train.trainer import train_step
 from llmsculpt.structures.shapes import count_params
 from llmsculpt.testing import tiny_tokenizer
@@ -84,10 +84,10 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, mode, monkeypatch):
     if mode == "lora":  # the adapters of the phase in progress were checkpointed on top of its base
         assert (tmp_path / "cut" / "adapters" / "adapters.safetensors").is_file()
     assert not list((tmp_path / "cut").rglob("*.pt"))  # nothing pickled
-    import llmsculpt.methods.adapt_accel as accel
+    import llmsculpt.run.engine as engine
 
     calls = []
-    monkeypatch.setattr(accel, "train_step", lambda *a, **k: calls.append(1) or train_step(*a, **k))
+    monkeypatch.setattr(engine, "train_step", lambda *a, **k: calls.append(1) or train_step(*a, **k))
     resumed, _, log = _run(tmp_path, "cut", resume=True)
     # checkpoints every 3 steps; killed 2 steps before the end, just before the checkpoint it would write
     last_checkpoint = (len(full_log) - 3) // 3 * 3
@@ -283,7 +283,7 @@ def test_train_step_refuses_a_batch_without_labels_and_leaves_the_weights():
 
 def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path):
     from llmsculpt.testing import tiny_model
-    from llmsculpt.train.checkpoint import _read_tree, _write_tree
+    from llmsculpt.run.checkpoint import _read_tree, _write_tree
     from llmsculpt.train.trainer import make_optimizer
 
     model = tiny_model("tiny-llama")

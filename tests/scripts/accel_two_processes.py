@@ -1,9 +1,11 @@
 """Run by tests/test_distributed.py under ``torchrun --nproc_per_node 2``: an uninterrupted
 Adapt-Accel run, then one killed mid-phase and resumed.
 
-``accel_two_processes.py OUT [ddp|fsdp|fsdp-carry]``: data-parallel (every process saves its final
-weights), sharded (the main process saves them; the others report that they hold none), or sharded
-with AdamW moments carried across pruning and distillation from the original model."""
+``accel_two_processes.py OUT [ddp|fsdp|fsdp-carry|ddp-flap]``: data-parallel (every process saves its
+final weights), sharded (the main process saves them; the others report that they hold none),
+sharded with AdamW moments carried across pruning and distillation from the original model, or
+data-parallel with FLAP (whose plans add biases and update them: the others apply its shapes and
+receive its values), uninterrupted only."""
 
 import shutil
 import sys
@@ -11,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from llmsculpt.methods.adapt_accel import Interrupted, run_accel
-from llmsculpt.train.distributed import Processes
-from llmsculpt.train.sharded import is_meta
+from llmsculpt.run import Interrupted, run_accel
+from llmsculpt.run.processes import Processes
+from llmsculpt.run.fsdp import is_meta
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _runs import accel_case  # noqa: E402
@@ -21,7 +23,8 @@ from _runs import accel_case  # noqa: E402
 out = Path(sys.argv[1])
 variant = sys.argv[2] if len(sys.argv) > 2 else "ddp"
 shard = variant.startswith("fsdp")
-overrides = {"optimizer_state": "carry", "distill": True} if variant == "fsdp-carry" else {}
+overrides = {"fsdp-carry": {"optimizer_state": "carry", "distill": True},
+             "ddp-flap": {"prune_method": "flap"}}.get(variant, {})
 procs = Processes()
 rank = procs.rank
 
@@ -40,6 +43,8 @@ group = torch.distributed.distributed_c10d._get_default_group()
 timeout = group._get_backend(torch.device("cpu")).options._timeout.total_seconds()
 torch.save({"state": saved(full), "meta": is_meta(full), "log": log, "plan": plan.to_dict(), "world": procs.world,
             "backend": torch.distributed.get_backend(), "timeout_s": timeout}, out / f"full-{rank}.pt")
+if variant == "ddp-flap":
+    sys.exit(0)
 model, tok, examples, cfg = case()
 try:
     run_accel(model, tok, examples, cfg, checkpoint_dir=out / "cut", progress=False, stop_after=len(log) - 2, shard=shard)

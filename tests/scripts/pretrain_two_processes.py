@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from llmsculpt.pretrain.loop import Interrupted, pretrain_prune
-from llmsculpt.train.distributed import Processes
-from llmsculpt.train.sharded import is_meta
+from llmsculpt.run import Interrupted, pretrain_prune
+from llmsculpt.run.processes import Processes
+from llmsculpt.run.fsdp import is_meta
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _runs import pretrain_case  # noqa: E402

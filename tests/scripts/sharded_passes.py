@@ -7,19 +7,19 @@ from pathlib import Path
 
 import torch
 
-from llmsculpt.importance.base import GRAD
+from llmsculpt.measure import Needs
+from llmsculpt.measure.sharded import ShardedEngine
+from llmsculpt.run.processes import Processes
 from llmsculpt.testing.tiny import tiny_model
-from llmsculpt.train.distributed import Processes
-from llmsculpt.train.sharded import ShardedPasses
 
 out = Path(sys.argv[1])
 procs = Processes(shard=True)
 model = tiny_model("tiny-llama")
 batch = torch.randint(4, 128, (5, 16), generator=torch.Generator().manual_seed(3))
 net = procs.wrap(model)
-passes = ShardedPasses(procs, net, micro_batch=2)
-stats, importance = passes.measure(model, batch, {GRAD}, distance="cosine")
+engine = ShardedEngine(procs, net, micro_batch=2)
+m = engine.measure(model, batch, Needs(grad=True, layer_change="cosine"))
 if procs.is_main:
-    torch.save({"grad": stats.grad, "loss": stats.loss, "importance": importance}, out / "passes.pt")
+    torch.save({"grad": m.grad, "loss": m.loss, "importance": m.layer}, out / "passes.pt")
 else:
-    assert not stats.grad  # only the main process receives whole gradients
+    assert not m.grad  # only the main process receives whole gradients

@@ -10,7 +10,6 @@ from __future__ import annotations
 import bz2
 import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -114,11 +113,10 @@ def default_text() -> str:
         return cached.read_text(encoding="utf-8")
     articles = parse_wiki_dump(_gensim_dump())
     text = "".join(f" = {title} = \n{body}\n\n" for title, body in articles)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, cached)
+    from llmsculpt.io.save import atomic_file
+
+    with atomic_file(cached) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return text
 
 

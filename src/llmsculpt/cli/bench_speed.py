@@ -35,19 +35,13 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llmsculpt.api import bench_speed
     from llmsculpt.cli._common import emit_json, load_kwargs
-    from llmsculpt.errors import SculptError
-    from llmsculpt.eval.speed import compare_speed, measure_speed
-    from llmsculpt.models.loading import load
 
-    sizes = _batch_sizes(args.batch_sizes)
-    if min(args.prompt_len, args.new_tokens, args.repeats) < 1:
-        raise SculptError("--prompt-len, --new-tokens and --repeats must be positive")
-    kw = dict(batch_sizes=sizes, prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats)
-    results = {"model": measure_speed(load(args.model, **load_kwargs(args)).model, **kw)}
-    if args.baseline:  # loaded after the first model is measured and dropped: one model in memory at a time
-        results["baseline"] = measure_speed(load(args.baseline, **load_kwargs(args)).model, **kw)
-    ratios = compare_speed(results["model"], results["baseline"]) if args.baseline else None
+    results = bench_speed(args.model, baseline=args.baseline, batch_sizes=_batch_sizes(args.batch_sizes),
+                          prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats,
+                          **load_kwargs(args))
+    ratios = results.pop("ratios", None)
     if args.json:
         out = {name: res.to_dict() for name, res in results.items()}
         out["sources"] = {"model": args.model, "baseline": args.baseline}

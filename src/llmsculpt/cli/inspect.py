@@ -16,25 +16,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llmsculpt.api import inspect
     from llmsculpt.cli._common import emit_json, load_kwargs
-    from llmsculpt.io.files import read_json
     from llmsculpt.io.report import print_architecture
-    from llmsculpt.models.loading import load
-    from llmsculpt.structures.shapes import architecture
 
-    loaded = load(args.model, **{**load_kwargs(args), "device": "cpu" if args.device == "auto" else args.device})
-    arch = architecture(loaded.model)
-    report_path = Path(args.model) / "sculpt_report.json"
-    report = read_json(report_path, what="report") if report_path.is_file() else {}
+    info = inspect(args.model, **load_kwargs(args))
     if args.json:
-        emit_json({"architecture": arch.to_dict(), "params": arch.param_count(), "report": report})
+        emit_json(info.to_dict())
     else:
-        print_architecture(arch, title=str(args.model))
+        print_architecture(info.architecture, title=str(args.model))
+        report = info.report
         if report:
             print(f"method {report.get('method')}: {report.get('params_before', 0):,} -> {report.get('params_after', 0):,} params")
     if args.plot:
         from llmsculpt.io.plots import plot_report
 
-        for path in plot_report(Path(args.model), arch, report):
+        for path in plot_report(Path(args.model), info.architecture, info.report):
             print(f"wrote {path}")
     return 0

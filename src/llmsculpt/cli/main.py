@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain-prune": ("llmsculpt.cli.pretrain_prune", "EfficientLLM: pruning-aware training to a parameter budget"),
     "finetune": ("llmsculpt.cli.finetune", "recovery fine-tuning (LoRA or full) of a pruned model"),
     "search": ("llmsculpt.cli.search", "AdaPruner: Bayesian search over calibration samples and importance"),
-    "export": ("llmsculpt.cli.export", "export to GGUF (llama.cpp) or a plain HF directory"),
+    "export": ("llmsculpt.cli.export", "export to GGUF (llama.cpp), a vLLM directory or a plain HF directory"),
     "bench-speed": ("llmsculpt.cli.bench_speed", "prefill/decode speed, memory and FLOPs vs a baseline"),
     "estimate": ("llmsculpt.cli.estimate", "predicted peak memory of a prune, from config.json alone"),
 }

@@ -1,28 +1,30 @@
-"""`sculpt prune`: prune a model to a target size and save it (model, plan, report)."""
+"""`sculpt prune`: prune a model to a target size and save it (model, plan, report, recipe.yaml)."""
 
 from __future__ import annotations
 
 import argparse
 
-from llmsculpt.cli._common import add_model_argument, add_placement_arguments, emit_json
+from llmsculpt.cli._common import (add_config_argument, add_model_argument, add_placement_arguments, emit_json,
+                                   recipe_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     add_placement_arguments(p)
+    add_config_argument(p)
     target = p.add_mutually_exclusive_group()
     target.add_argument("--ratio", type=float, default=None, help="fraction of all parameters to remove (default 0.2)")
     target.add_argument("--target-params", default=None, help="parameter count to reach, e.g. 90M")
     p.add_argument("--method", default=None, help="pruning method (default: adaptive); see --list-methods")
-    p.add_argument("--config", default=None, help="YAML recipe (e.g. best.yaml from `sculpt search`)")
     p.add_argument("--metric", default=None, help="importance metric: taylor, taylor_vector, fisher, taylor_mix, l1, l2, wanda")
     p.add_argument("--aggregation", default=None, choices=["sum", "mean", "max", "prod", "last"])
     p.add_argument("--layers", default=None, help="layers that may be pruned, e.g. 4-29 (default: all)")
     p.add_argument("--attn-unit", default=None, choices=["kv", "head"], help="remove whole K/V groups or query heads")
     p.add_argument("--split", default=None, choices=["proportional", "importance"],
                    help="split a layer's sparsity between attention and MLP proportionally, or by importance per parameter")
-    p.add_argument("--no-attention", action="store_true", help="do not prune attention")
-    p.add_argument("--no-mlp", action="store_true", help="do not prune MLP channels")
+    p.add_argument("--no-attention", dest="attention", action="store_const", const=False, default=None,
+                   help="do not prune attention")
+    p.add_argument("--no-mlp", dest="mlp", action="store_const", const=False, default=None, help="do not prune MLP channels")
     p.add_argument("--calib", default=None, help="calibration text/JSONL file or dataset (default: embedded text)")
     p.add_argument("--n-samples", type=int, default=None, help="calibration samples (default 10)")
     p.add_argument("--seq-len", type=int, default=None, help="calibration sample length (default 128)")
@@ -37,96 +39,68 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=False, default=None, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG plots next to the model")
-    p.add_argument("--dry-run", action="store_true", help="decide and print the plan summary, do not save")
+    p.add_argument("--dry-run", action="store_true", help="decide and print the plan summary; no surgery, nothing written")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--list-methods", action="store_true", help="list pruning methods and exit")
 
 
-def _option_value(text: str):
+def build_config(args: argparse.Namespace):
+    """The effective prune recipe: ``--config`` (or the defaults), the flags given, then ``--option``s."""
     import yaml
 
-    return yaml.safe_load(text)
-
-
-def build_config(args: argparse.Namespace):
     from llmsculpt.config import PruneConfig
     from llmsculpt.errors import SculptError
 
-    cfg = PruneConfig.from_yaml(args.config).to_dict() if args.config else PruneConfig().to_dict()
-    if args.ratio is not None or args.target_params is not None:
-        cfg["ratio"], cfg["target_params"] = args.ratio, args.target_params
-    direct = {
-        "model": args.model, "method": args.method, "metric": args.metric, "aggregation": args.aggregation,
-        "layers": args.layers, "attn_unit": args.attn_unit, "split": args.split, "seed": args.seed,
-        "round_to": args.round_to,
-    }
-    cfg.update({k: v for k, v in direct.items() if v is not None})
-    data = {"calib": args.calib, "n_samples": args.n_samples, "seq_len": args.seq_len}
-    cfg["data"].update({k: v for k, v in data.items() if v is not None})
-    if args.no_attention:
-        cfg["attention"] = False
-    if args.no_mlp:
-        cfg["mlp"] = False
+    names = ("model", "ratio", "target_params", "method", "metric", "aggregation", "layers", "attn_unit", "split",
+             "seed", "round_to", "dtype", "attention", "mlp", "calib", "n_samples", "seq_len")
+    cfg = recipe_from_args(PruneConfig, args, **{n: getattr(args, n) for n in names})
+    options = {}
     for item in args.option:
         if "=" not in item:
             raise SculptError(f"--option expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        cfg["options"][key.strip()] = _option_value(value)
-    return PruneConfig.from_dict(cfg)
-
-
-def _has_matplotlib() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("matplotlib") is not None
+        options[key.strip()] = yaml.safe_load(value)
+    return cfg.with_overrides(options={**cfg.options, **options}) if options else cfg
 
 
 def run(args: argparse.Namespace) -> int:
+    from llmsculpt.api import prune
+    from llmsculpt.api._common import has_matplotlib
     from llmsculpt.errors import SculptError
 
     if args.list_methods:
-        from llmsculpt.methods.base import METHODS, get_method
+        from llmsculpt.methods import method_names
 
-        get_method("uniform")
-        print("\n".join(METHODS.names()))
+        print("\n".join(method_names()))
         return 0
     if not args.out and not args.dry_run:
         raise SculptError("--out DIR is required (or use --dry-run)")
     cfg = build_config(args)
-    from llmsculpt.api import prune
-    from llmsculpt.cli._common import read_text_file
-    from llmsculpt.io.save import check_output_dir
-    from llmsculpt.methods import get_method
-
-    get_method(cfg.method)  # unknown method: fail before loading anything
-    if args.out:
-        check_output_dir(args.out, overwrite=args.overwrite)
     eval_text = None
     if args.eval_text:
-        eval_text = read_text_file(args.eval_text)
-    elif not args.no_eval:
+        from llmsculpt.io.files import read_text
+
+        eval_text = read_text(args.eval_text)
+    elif not args.no_eval and not args.dry_run:
         from llmsculpt.calibration import default_documents
 
         eval_text = "\n\n".join(default_documents("heldout"))
-    outcome = prune(config=cfg, progress=not args.json, eval_text=eval_text, eval_windows=args.eval_windows,
-                    dtype=args.dtype, device=args.device)
-    if args.out and not args.dry_run:
-        outcome.save(args.out, overwrite=args.overwrite, plots=not args.no_plots and _has_matplotlib())
+    outcome = prune(config=cfg, out=None if args.dry_run else args.out, overwrite=args.overwrite,
+                    plots=not args.no_plots and has_matplotlib(), dry_run=args.dry_run, progress=not args.json,
+                    eval_text=eval_text, eval_windows=args.eval_windows, device=args.device)
     r = outcome.report
     if args.json:
         emit_json(r)
-    else:
-        from llmsculpt.io.report import print_architecture
-        from llmsculpt.structures.shapes import architecture
+        return 0
+    from llmsculpt.io.report import print_architecture
 
-        print_architecture(architecture(outcome.model), title=f"pruned with {r['method']}")
-        line = (
-            f"params {r['params_before']:,} -> {r['params_after']:,}  "
-            f"(removed {r['achieved_ratio']:.1%}, target {r['target_ratio']:.1%})  in {r['seconds']:.1f}s"
-        )
-        if "ppl_after" in r:
-            line += f"\nheld-out perplexity {r['ppl_before']:.2f} -> {r['ppl_after']:.2f} ({r['ppl_windows']} windows of {cfg.data.seq_len})"
-        print(line)
-        if args.out and not args.dry_run:
-            print(f"saved to {args.out}")
+    verb = "would prune" if args.dry_run else "pruned"
+    print_architecture(outcome.architecture, title=f"{verb} with {r['method']}")
+    line = (f"params {r['params_before']:,} -> {r['params_after']:,}  "
+            f"(removed {r['achieved_ratio']:.1%}, target {r['target_ratio']:.1%})  in {r['seconds']:.1f}s")
+    if "ppl_after" in r:
+        line += (f"\nheld-out perplexity {r['ppl_before']:.2f} -> {r['ppl_after']:.2f} "
+                 f"({r['ppl_windows']} windows of {cfg.data.seq_len})")
+    print(line)
+    print("dry run: nothing written" if args.dry_run else f"saved to {args.out}")
     return 0

@@ -1,6 +1,6 @@
 """Predicted peak memory of a prune, from the config alone (the model is built on the meta device).
 
-What a pass holds at its peak (see importance/collect.py and eval/chunked_loss.py):
+What a pass holds at its peak (see measure/local.py and eval/chunked_loss.py):
 
 - ``runtime``: Python, torch, transformers, tokenizer and calibration text (CPU RSS only; measured
   with bench/memory.py on tiny models, where it is nearly everything);
@@ -29,7 +29,7 @@ from torch import nn
 from llmsculpt.errors import SculptError
 
 RUNTIME_CPU = 750 * 2**20  # measured: a tiny-model prune peaks at 0.69–0.89 GB RSS on this CPU
-MICRO_BATCH = 4  # collect_stats' default
+MICRO_BATCH = 4  # LocalEngine default
 GRAD_METHODS = frozenset({"adaptive", "uniform", "sample_aware"})
 FORWARD_METHODS = frozenset({"flap", "wanda-sp", "magnitude", "shortgpt"})
 
@@ -98,7 +98,7 @@ def estimate(
 ) -> Estimate:
     """Predict the peak memory per device of ``method`` on the model ``name`` (config only)."""
     from llmsculpt.eval.chunked_loss import CHUNK_ELEMENTS
-    from llmsculpt.importance.collect import scored_parameters
+    from llmsculpt.measure import scored_parameters
     from llmsculpt.models.placement import parse_dtype
     from llmsculpt.structures.shapes import architecture
 

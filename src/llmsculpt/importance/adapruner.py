@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-from llmsculpt.importance.base import GRAD, GRAD_SQ, Metric, TensorStats
-from llmsculpt.importance.collect import collect_stats
+from llmsculpt.importance.base import GRAD, Metric, TensorStats
 from llmsculpt.importance.fisher import Fisher
 from llmsculpt.importance.groups import GroupScores, LayerScores, score_groups
 from llmsculpt.importance.taylor import TaylorElement
+from llmsculpt.measure import LocalEngine, Needs
 
 
 class _SignedTaylor(Metric):
@@ -43,9 +43,9 @@ class SampleTerms:
     fisher: GroupScores
 
 
-def sample_terms(model, sample: torch.Tensor) -> SampleTerms:
+def sample_terms(model, sample: torch.Tensor, *, engine=None) -> SampleTerms:
     """One forward+backward on one sample [seq] and its three per-group terms."""
-    stats = collect_stats(model, sample[None], {GRAD, GRAD_SQ})
+    stats = (engine or LocalEngine()).measure(model, sample[None], Needs(grad=True, grad_sq=True))
     return SampleTerms(
         vector=score_groups(model, stats, _SignedTaylor()),
         element=score_groups(model, stats, TaylorElement()),

@@ -1,20 +1,16 @@
 """FLAP's fluctuation metric: how much an output-side input channel varies over the calibration
 tokens, weighted by how much its weight column matters: S_j = Var(x_j) · ‖W[:, j]‖².
 
-``InputMoments`` hooks the inputs of every o_proj and down_proj and keeps per-channel mean and
-variance (needed for both the score and FLAP's bias compensation).
+``InputMoments`` holds the per-channel mean and variance of every o_proj and down_proj input
+(collected by :func:`llmsculpt.measure.hooks.output_input_moments`; needed for both the score and
+FLAP's bias compensation).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
-from torch import nn
-
-from llmsculpt.models.spec import spec_for
 
 
 @dataclass
@@ -37,36 +33,6 @@ class Moments:
 class InputMoments:
     attn: list[Moments] = field(default_factory=list)  # per layer, over o_proj input channels
     mlp: list[Moments] = field(default_factory=list)  # per layer, over down_proj input channels
-
-
-@contextmanager
-def output_input_moments(model: nn.Module) -> Iterator[InputMoments]:
-    """Collect per-channel moments of o_proj / down_proj inputs during the forward passes inside."""
-    spec = spec_for(model)
-    out = InputMoments()
-    handles = []
-
-    def make(store: Moments):
-        def hook(_mod, args):
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-            store.total += x.sum(0).cpu().double()
-            store.total_sq += x.pow(2).sum(0).cpu().double()
-            store.count += x.shape[0]
-
-        return hook
-
-    try:
-        for layer in spec.decoder_layers(model):
-            _, _, _, o = spec.qkvo(layer)
-            _, _, down = spec.gate_up_down(layer)
-            for lin, lst in ((o, out.attn), (down, out.mlp)):
-                m = Moments(torch.zeros(lin.in_features, dtype=torch.float64), torch.zeros(lin.in_features, dtype=torch.float64))
-                lst.append(m)
-                handles.append(lin.register_forward_pre_hook(make(m)))
-        yield out
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def fluctuation(weight: torch.Tensor, moments: Moments) -> torch.Tensor:

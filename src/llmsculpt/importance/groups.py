@@ -15,7 +15,7 @@ from torch import nn
 
 from llmsculpt.errors import SculptError
 from llmsculpt.importance.base import Metric, TensorStats
-from llmsculpt.importance.collect import Stats
+from llmsculpt.measure.local import Measurements
 from llmsculpt.models.spec import get_path, spec_for
 from llmsculpt.structures.shapes import architecture
 
@@ -59,7 +59,7 @@ def _reduce(e: torch.Tensor, dim: int, size: int, signed: bool) -> torch.Tensor:
 
 
 class _Scorer:
-    def __init__(self, model: nn.Module, stats: Stats, metric: Metric):
+    def __init__(self, model: nn.Module, stats: Measurements, metric: Metric):
         self.metric, self.stats = metric, stats
         self.names = {id(p): n for n, p in model.named_parameters()}
         self.module_names = {id(m): n for n, m in model.named_modules()}
@@ -87,7 +87,7 @@ class _Scorer:
 
 
 def score_groups(
-    model: nn.Module, stats: Stats, metric: Metric, *, aggregation: str = "sum", hidden: bool = False
+    model: nn.Module, stats: Measurements, metric: Metric, *, aggregation: str = "sum", hidden: bool = False
 ) -> GroupScores:
     """Score every query head, K/V group and MLP channel (and hidden channel if asked)."""
     if aggregation not in AGGREGATIONS:

@@ -203,10 +203,12 @@ def nas_config(model: nn.Module, layout: VllmLayout):
     return cfg
 
 
-def export_vllm(model: nn.Module, tokenizer, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def export_vllm(model: nn.Module, tokenizer, out: str | os.PathLike, *, overwrite: bool = False,
+                extra_files: dict[str, str] | None = None) -> Path:
     """Write ``model`` (+ tokenizer) to ``out`` in a layout vLLM serves with the same logits; atomic.
 
-    Returns the output path; the chosen layout is in ``plan_layout(model).route``."""
+    ``extra_files`` ({name: text}, e.g. the recipe) are written inside. Returns the output path; the
+    chosen layout is in ``plan_layout(model).route``."""
     from safetensors.torch import save_file
 
     from llmsculpt.io.save import atomic_dir, check_output_dir, write_model_files
@@ -215,6 +217,8 @@ def export_vllm(model: nn.Module, tokenizer, out: str | os.PathLike, *, overwrit
     check_output_dir(out, overwrite=overwrite)
     layout = plan_layout(model)  # refusals happen here, before anything is written
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         if layout.route == "family":
             write_model_files(model, tokenizer, tmp)
             return Path(out)

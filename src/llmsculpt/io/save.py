@@ -99,12 +99,34 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def atomic_file(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path beside ``out``; on success it replaces ``out`` in one rename.
+
+    The one-file sibling of :func:`atomic_dir` (a .gguf, a recipe, a cached tensor): on any
+    exception the temporary file is removed and ``out`` is left as it was. The caller checks
+    overwriting (:func:`check_output_file`) when replacing ``out`` is not wanted."""
+    out = Path(out).expanduser()
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.absolute().parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if tmp.exists():
+            _usual_modes(tmp)
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def _usual_modes(directory: Path) -> None:
     """mkdtemp makes the directory 0700 (and safetensors writes 0600 files): give the output the
     modes the user's umask asks for, so a server running as another user can read it."""
     umask = os.umask(0)
     os.umask(umask)
-    for path in [directory, *directory.rglob("*")]:
+    for path in [directory, *(directory.rglob("*") if directory.is_dir() else ())]:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 

@@ -1,5 +1,15 @@
-"""Published methods and baselines as thin orchestrations: name -> function(PruneContext)."""
+"""Published methods and baselines as planners over the measuring engine: name -> Method."""
 
-from llmsculpt.methods.base import METHODS, PruneContext, PruneResult, get_method
+from llmsculpt.methods.base import (
+    METHODS,
+    Method,
+    PruneContext,
+    PruneResult,
+    check_options,
+    get_method,
+    method_names,
+    prune_model,
+)
 
-__all__ = ["METHODS", "PruneContext", "PruneResult", "get_method"]
+__all__ = ["METHODS", "Method", "PruneContext", "PruneResult", "check_options", "get_method", "method_names",
+           "prune_model"]

@@ -9,7 +9,7 @@ solver finds the common increment that hits each step's parameter target. Sparsi
 to the layer's original shape, so small steps still remove whole K/V groups once a layer's
 sparsity calls for one.
 
-Options (``PruneConfig.options``): ``amplitude`` a, relative to the mean per-step increment δ
+Options (``PruneConfig.options``, parsed into ``AdaptiveOptions``): ``amplitude`` a, relative to the mean per-step increment δ
 (a = 1: the most important layer is spared a step's increment, the least loses two), ``steps`` T,
 ``normalise`` (max | rank | mad | inner; max is the paper's: on smollm2 it spares layer 0 and
 prunes the near-identical middle layers alike, which measured best; rank spreads noise),
@@ -25,53 +25,64 @@ attention rounded to whole units).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from llmsculpt.allocation.adaptive import NORMS, accumulate, clip_state, normalise_importance, step_offsets
 from llmsculpt.errors import SculptError
 from llmsculpt.importance import get_metric
 from llmsculpt.importance.groups import score_groups
-from llmsculpt.methods.base import METHODS, PruneContext, PruneResult
+from llmsculpt.importance.layer_importance import check_distance
+from llmsculpt.measure import Needs
+from llmsculpt.methods.base import PruneContext, PruneResult, check_options, register, working_copy
 from llmsculpt.methods.oneshot import plan_step, scope_of
 from llmsculpt.plan import Plan
 from llmsculpt.structures.shapes import architecture
 from llmsculpt.surgery import apply_plan
 
-DEFAULTS = {
-    "amplitude": 1.0, "steps": 5, "normalise": "max", "cumulative": True, "distance": "cosine", "resample": True,
-}
+
+@dataclass
+class AdaptiveOptions:
+    """Adapt-Pruner's knobs (see the module docstring); defaults from bench/sweep_adaptive.py."""
+
+    amplitude: float = 1.0
+    steps: int = 5
+    normalise: str = "max"
+    cumulative: bool = True
+    distance: str = "cosine"
+    resample: bool = True
+
+    def __post_init__(self) -> None:
+        self.steps, self.amplitude = int(self.steps), float(self.amplitude)
+        if self.steps < 1:
+            raise SculptError(f"steps must be >= 1, got {self.steps}")
+        if self.amplitude < 0:
+            raise SculptError(f"amplitude must be >= 0, got {self.amplitude}")
+        if self.normalise not in NORMS:
+            raise SculptError(f"normalise must be one of {', '.join(NORMS)}, got {self.normalise!r}")
+        check_distance(self.distance)
 
 
-def _options(ctx: PruneContext) -> dict:
-    unknown = set(ctx.config.options) - set(DEFAULTS)
-    if unknown:
-        raise SculptError(f"unknown adaptive options: {', '.join(sorted(unknown))}; known: {', '.join(DEFAULTS)}")
-    opts = {**DEFAULTS, **ctx.config.options}
-    if int(opts["steps"]) < 1:
-        raise SculptError(f"steps must be >= 1, got {opts['steps']}")
-    if float(opts["amplitude"]) < 0:
-        raise SculptError(f"amplitude must be >= 0, got {opts['amplitude']}")
-    if opts["normalise"] not in NORMS:
-        raise SculptError(f"normalise must be one of {', '.join(NORMS)}, got {opts['normalise']!r}")
-    return opts
-
-
-@METHODS.register("adaptive")
+@register("adaptive", options=AdaptiveOptions)
 def adaptive(ctx: PruneContext) -> PruneResult:
-    opts = _options(ctx)
-    cfg, model = ctx.config, ctx.model
-    steps, amplitude = int(opts["steps"]), float(opts["amplitude"])
+    """Prunes a working copy step by step (``ctx.model`` itself when ``ctx.inplace``), returned as
+    ``working``; the plan is the steps' composition, relative to ``ctx.model`` as given."""
+    opts = check_options("adaptive", ctx.config.options)
+    cfg, engine = ctx.config, ctx.engine
+    model = working_copy(ctx)
+    steps, amplitude = opts.steps, opts.amplitude
     arch0 = architecture(model)
     start = arch0.param_count()
     total = cfg.removal_target(start)
     scope = scope_of(cfg, len(arch0.layers), default_split="importance")
     ids = scope.layer_ids(len(arch0.layers))
     metric = get_metric(cfg.metric)
-    needs = metric.needs or frozenset({"forward"})  # layer importance needs at least a forward pass
+    needs = Needs.for_metric(metric, layer_change=opts.distance)  # layer importance: at least a forward pass
     composed = Plan.keep_all(arch0)
     prunable = sum(arch0.layer_params(arch0.layers[i]) for i in ids)
     delta = total / max(1, prunable) / steps  # mean per-step sparsity increment δ
     offsets: dict[int, float] = {}  # cumulative: layer i's sparsity is S − offsets[i]
     history: dict = {"steps": [], "amplitude": amplitude, "increment": delta, "layers": ids,
-                     **{k: opts[k] for k in ("distance", "normalise", "cumulative")}}
+                     "distance": opts.distance, "normalise": opts.normalise, "cumulative": opts.cumulative}
     bar = _progress(ctx.progress, steps)
     for t in range(1, steps + 1):
         cur = architecture(model)
@@ -79,39 +90,39 @@ def adaptive(ctx: PruneContext) -> PruneResult:
         if remove <= 0:
             bar.update(1)
             continue
-        batch = ctx.calibration(cfg.seed + (t - 1 if opts["resample"] else 0))
-        stats, raw = ctx.passes.measure(model, batch, needs, distance=opts["distance"])
+        batch = ctx.calibration(cfg.seed + (t - 1 if opts.resample else 0))
+        measured = engine.measure(model, batch, needs)
+        raw = measured.layer
         plan = None
-        if ctx.passes.decides:
-            norm = normalise_importance(raw, ids, opts["normalise"])
-            scores = score_groups(model, stats, metric, aggregation=cfg.aggregation)
+        if engine.decides:
+            norm = normalise_importance(raw, ids, opts.normalise)
+            scores = score_groups(model, measured, metric, aggregation=cfg.aggregation)
             now = step_offsets(norm, ids, amplitude, delta)
-            trial = accumulate(offsets, now) if opts["cumulative"] else now
+            trial = accumulate(offsets, now) if opts.cumulative else now
             plan, s, per_layer = plan_step(cur, scores, remove, scope, trial, original=arch0)
-            offsets = clip_state(trial, s) if opts["cumulative"] else {}
-        stats.grad.clear()  # the gradients are scores now: free them before surgery and the next pass
-        stats.grad_sq.clear()
-        plan = ctx.passes.agree(plan)
+            offsets = clip_state(trial, s) if opts.cumulative else {}
+        measured.free_grads()  # the gradients are scores now: free them before surgery and the next pass
+        plan = engine.agree(plan)
         apply_plan(model, plan)
-        ctx.passes.applied(model)
+        engine.applied(model)
         composed = composed.compose(plan)
         arch = architecture(model)
         params = arch.param_count()
-        if ctx.passes.decides:
+        if engine.decides:
             history["steps"].append({
                 "step": t,
                 "params": params,
-                "loss": stats.loss,
+                "loss": measured.loss,
                 "importance": raw.tolist(),
                 "importance_norm": norm.tolist(),
                 "sparsity": {i: min(max(s - trial[i], 0.0), 0.99) for i in ids},
                 "layer_sparsity": _layer_sparsity(arch, arch0, ids),
                 "per_layer": per_layer,
             })
-        bar.set_postfix(params=f"{params / 1e6:.2f}M", loss=f"{stats.loss:.3f}")
+        bar.set_postfix(params=f"{params / 1e6:.2f}M", loss=f"{measured.loss:.3f}")
         bar.update(1)
     bar.close()
-    return PruneResult(plan=composed, history=history)
+    return PruneResult(plan=composed, history=history, working=model)
 
 
 def _layer_sparsity(arch, original, ids: list[int]) -> dict[int, float]:

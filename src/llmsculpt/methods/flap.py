@@ -8,7 +8,9 @@
    removed globally, lowest first, until the parameter target is met (adaptive across layers and
    modules; at least one unit/channel stays in every layer).
 4. Bias compensation: the removed channels' mean contribution W[:, removed] · E[x_removed] becomes a
-   bias of o_proj / down_proj, so each layer's output is unchanged in expectation. Llama-family
+   bias of o_proj / down_proj, so each layer's output is unchanged in expectation. The biases are
+   weight updates inside the plan (``add`` to every layer's o_proj / down_proj bias), which surgery
+   applies after the selection, creating the biases. Llama-family
    configs cannot express "bias on o_proj/down_proj only", so the model is saved with llmsculpt's
    config (``sculpt_output_bias``), loading via ``llmsculpt.load`` or trust_remote_code; the
    biases cost 2 × hidden parameters per layer (counted in the report).
@@ -24,27 +26,25 @@ from __future__ import annotations
 import torch
 
 from llmsculpt.allocation.rounding import allowed, apportion, head_step, nearest
-from llmsculpt.importance.collect import collect_stats
-from llmsculpt.importance.fluctuation import fluctuation, output_input_moments, standardise
-from llmsculpt.methods.base import METHODS, PruneContext, PruneResult
+from llmsculpt.importance.fluctuation import fluctuation, standardise
+from llmsculpt.measure import Needs
+from llmsculpt.methods.base import PruneContext, PruneResult, check_options, register
 from llmsculpt.methods.oneshot import scope_of
-from llmsculpt.models.sculpt_modeling import add_output_biases
 from llmsculpt.models.spec import spec_for
-from llmsculpt.plan import Plan
+from llmsculpt.plan import Plan, Update
 from llmsculpt.structures.shapes import architecture
-from llmsculpt.surgery import apply_plan, sync_config
 
 
-@METHODS.register("flap")
+@register("flap")
 def flap(ctx: PruneContext) -> PruneResult:
+    check_options("flap", ctx.config.options)
     model, cfg = ctx.model, ctx.config
     spec = spec_for(model)
     arch = architecture(model)
     scope = scope_of(cfg, len(arch.layers))
     ids = scope.layer_ids(len(arch.layers))
     h, hd = arch.hidden, arch.head_dim
-    with output_input_moments(model) as moments:
-        collect_stats(model, ctx.calibration(cfg.seed), {"forward"})
+    moments = ctx.engine.measure(model, ctx.calibration(cfg.seed), Needs(moments=True)).moments
     layers = spec.decoder_layers(model)
     candidates = []  # (standardised score, layer, kind, index, params)
     attn_scores, mlp_scores = {}, {}
@@ -79,16 +79,9 @@ def flap(ctx: PruneContext) -> PruneResult:
     if scope.round_to > 1:
         drop = _round_drop(drop, candidates, remove + bias_cost, arch, scope)
     plan = _plan_from(arch, drop, scope.attn_unit)
-    comp = _compensation(model, spec, arch, plan, moments, hd)
-    apply_plan(model, plan)
-    add_output_biases(model, o_proj=True, down_proj=True)
-    with torch.no_grad():
-        for i, layer in enumerate(spec.decoder_layers(model)):
-            _, _, _, o = spec.qkvo(layer)
-            _, _, down = spec.gate_up_down(layer)
-            o.bias += comp[i][0].to(o.bias)
-            down.bias += comp[i][1].to(down.bias)
-    sync_config(model)
+    for i, (o_bias, down_bias) in enumerate(_compensation(model, spec, arch, plan, moments, hd)):
+        plan.updates += [Update(layer=i, module="o_proj", param="bias", op="add", value=o_bias),
+                         Update(layer=i, module="down_proj", param="bias", op="add", value=down_bias)]
     return PruneResult(plan=plan, history={"removed_units": {k: len(v) for k, v in drop.items()}, "bias_params": bias_cost})
 
 

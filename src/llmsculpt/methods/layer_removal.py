@@ -5,24 +5,22 @@ calibration tokens; whole layers with the lowest BI are removed until the parame
 from __future__ import annotations
 
 from llmsculpt.errors import SculptError
-from llmsculpt.importance.collect import collect_stats
-from llmsculpt.importance.layer_importance import layer_io_hooks
-from llmsculpt.methods.base import METHODS, PruneContext, PruneResult
+from llmsculpt.measure import Needs
+from llmsculpt.methods.base import PruneContext, PruneResult, check_options, register
 from llmsculpt.methods.oneshot import scope_of
 from llmsculpt.plan import Plan
 from llmsculpt.structures.shapes import architecture
-from llmsculpt.surgery import apply_plan
 
 
-@METHODS.register("shortgpt")
+@register("shortgpt")
 def shortgpt(ctx: PruneContext) -> PruneResult:
+    check_options("shortgpt", ctx.config.options)
     model, cfg = ctx.model, ctx.config
     arch = architecture(model)
     remove = cfg.removal_target(arch.param_count())
     ids = scope_of(cfg, len(arch.layers)).layer_ids(len(arch.layers))
-    with layer_io_hooks(model, distance="cosine") as imp:
-        collect_stats(model, ctx.calibration(cfg.seed), {"forward"})
-    block_influence = (1.0 + imp.values()).tolist()  # values are −cos
+    layer = ctx.engine.measure(model, ctx.calibration(cfg.seed), Needs(layer_change="cosine")).layer
+    block_influence = (1.0 + layer).tolist()  # values are −cos
     plan = Plan.keep_all(arch)
     removed = 0
     order = sorted(ids, key=lambda i: block_influence[i])
@@ -38,7 +36,5 @@ def shortgpt(ctx: PruneContext) -> PruneResult:
             f"removing whole layers frees at most {removed:,} of the {remove:,} parameters asked for; "
             "lower the ratio or widen --layers"
         )
-    if removed:
-        apply_plan(model, plan)
     return PruneResult(plan=plan, history={"block_influence": block_influence,
                                            "removed_layers": [i for i, lp in enumerate(plan.layers) if lp.drop]})

@@ -1,4 +1,4 @@
-"""One-shot pruning by importance: statistics -> group scores -> budgets -> plan -> surgery.
+"""One-shot pruning by importance: measurements -> group scores -> budgets -> plan.
 
 Shared by the uniform LLM-Pruner-style baseline and the activation / magnitude baselines; the
 per-layer sparsity offsets are what tell uniform and adaptive allocations apart.
@@ -11,10 +11,10 @@ import torch
 from llmsculpt.allocation import PruneScope, select_plan, solve_uniform_offset
 from llmsculpt.config import PruneConfig, parse_layers
 from llmsculpt.importance import get_metric
-from llmsculpt.importance.collect import collect_stats
 from llmsculpt.importance.groups import GroupScores, score_groups
+from llmsculpt.measure import Needs
 from llmsculpt.plan import Plan
-from llmsculpt.structures.shapes import Architecture, architecture
+from llmsculpt.structures.shapes import Architecture
 
 
 def scope_of(config: PruneConfig, n_layers: int, *, default_split: str = "proportional") -> PruneScope:
@@ -28,10 +28,11 @@ def scope_of(config: PruneConfig, n_layers: int, *, default_split: str = "propor
     )
 
 
-def score(model, batch: torch.Tensor, config: PruneConfig, *, metric_kwargs: dict | None = None) -> GroupScores:
+def score(engine, model, batch: torch.Tensor, config: PruneConfig, *, metric_kwargs: dict | None = None) -> GroupScores:
+    """Group scores of ``config.metric`` on ``batch``, measured with ``engine``."""
     metric = get_metric(config.metric, **(metric_kwargs or {}))
-    stats = collect_stats(model, batch, metric.needs)
-    return score_groups(model, stats, metric, aggregation=config.aggregation)
+    measured = engine.measure(model, batch, Needs.for_metric(metric))
+    return score_groups(model, measured, metric, aggregation=config.aggregation)
 
 
 def plan_step(
@@ -53,6 +54,3 @@ def plan_step(
     }
     return plan, s, per_layer
 
-
-def current_arch(model) -> Architecture:
-    return architecture(model)

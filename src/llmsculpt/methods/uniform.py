@@ -8,38 +8,36 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from llmsculpt.methods.base import METHODS, PruneContext, PruneResult
+from llmsculpt.methods.base import PruneContext, PruneResult, check_options, register
 from llmsculpt.methods.oneshot import plan_step, score, scope_of
+from llmsculpt.plan import Plan
 from llmsculpt.structures.shapes import architecture
-from llmsculpt.surgery import apply_plan
 
 
-def _one_shot(ctx: PruneContext, metric: str | None = None) -> PruneResult:
+def _one_shot(ctx: PruneContext, name: str, metric: str | None = None) -> PruneResult:
+    check_options(name, ctx.config.options)
     config = ctx.config if metric is None else replace(ctx.config, metric=metric)
     model = ctx.model
     arch = architecture(model)
     remove = config.removal_target(arch.param_count())
     if remove == 0:
-        from llmsculpt.plan import Plan
-
         return PruneResult(plan=Plan.keep_all(arch), history={"sparsity": 0.0})
     scope = scope_of(config, len(arch.layers))
-    scores = score(model, ctx.calibration(config.seed), config)
+    scores = score(ctx.engine, model, ctx.calibration(config.seed), config)
     plan, s, per_layer = plan_step(arch, scores, remove, scope)
-    apply_plan(model, plan)
     return PruneResult(plan=plan, history={"sparsity": s, "per_layer": per_layer, "metric": config.metric})
 
 
-@METHODS.register("uniform")
+@register("uniform")
 def uniform(ctx: PruneContext) -> PruneResult:
-    return _one_shot(ctx)
+    return _one_shot(ctx, "uniform")
 
 
-@METHODS.register("magnitude")
+@register("magnitude")
 def magnitude(ctx: PruneContext) -> PruneResult:
-    return _one_shot(ctx, metric="l2")
+    return _one_shot(ctx, "magnitude", metric="l2")
 
 
-@METHODS.register("wanda-sp")
+@register("wanda-sp")
 def wanda_sp(ctx: PruneContext) -> PruneResult:
-    return _one_shot(ctx, metric="wanda")
+    return _one_shot(ctx, "wanda-sp", metric="wanda")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,20 +91,16 @@ def _convert_gguf_cached(gguf: Path) -> Path:
     rope = _gguf_rope_parameters(reader, gguf)
     if rope is not None:
         _set_rope(model, rope)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    from llmsculpt.io.save import atomic_dir
+
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "sculpt_source.json").write_text(json.dumps({"gguf": str(gguf)}))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process (e.g. another rank of a multi-process run) got there first
-            if not target.is_dir():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(target) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "sculpt_source.json").write_text(json.dumps({"gguf": str(gguf)}))
+    except (OSError, SculptError):  # another process (e.g. another rank of a multi-process run) got there first
+        if not (target / "sculpt_source.json").is_file():
+            raise
     return target
 
 

@@ -9,8 +9,9 @@ Search space (one trial):
 Objective: mean perplexity of the pruned model (no fine-tuning) over the eval texts.
 
 Trials are cheap: per-sample importance terms of the whole pool are computed once (one
-forward+backward per candidate) and kept in memory; a trial combines its samples' terms, prunes a
-copy of the dense model held in memory, and measures perplexity. The study lives in
+forward+backward per candidate) and kept in memory; a trial combines its samples' terms into a
+plan, applies it to a copy of the dense model (never the dense model itself), and measures
+perplexity. The study lives in
 ``<study>/study.db`` (sqlite): re-running the same command resumes it; failed trials (NaN, errors)
 are recorded as failed and the search goes on.
 """
@@ -27,7 +28,9 @@ from llmsculpt.config import PruneConfig
 from llmsculpt.errors import SculptError, require
 from llmsculpt.eval.perplexity import perplexity
 from llmsculpt.importance.adapruner import sample_terms
-from llmsculpt.methods.sample_aware import pool_for, prune_with_terms
+from llmsculpt.methods.sample_aware import plan_with_terms, pool_for
+from llmsculpt.structures.shapes import architecture
+from llmsculpt.surgery import apply_plan
 
 LAMBDA1 = (1e-2, 1e2)
 LAMBDA2 = (1e-4, 1e4)
@@ -53,14 +56,15 @@ class Objective:
         self.pool = pool_for(setup.tokenizer, cfg, setup.pool_size, cfg.seed, calib_text)
         self.terms = [sample_terms(setup.model, s) for s in self.pool]
         self.cache_seconds = time.perf_counter() - t0
-        self.dense_state = copy.deepcopy(setup.model)
+        self.dense = setup.model  # read only: every trial prunes a copy
+        self.arch = architecture(setup.model)
 
     def evaluate(self, samples: list[int], alpha1: float, alpha2: float, lambda1: float, lambda2: float) -> float:
         """Mean perplexity of the dense model pruned with this recipe (deterministic)."""
-        model = copy.deepcopy(self.dense_state)
         idx = sorted(set(samples))
-        prune_with_terms(model, [self.terms[i] for i in idx], self.setup.config,
-                         alpha1=alpha1, alpha2=alpha2, lambda1=lambda1, lambda2=lambda2)
+        plan, _, _ = plan_with_terms(self.arch, [self.terms[i] for i in idx], self.setup.config,
+                                     alpha1=alpha1, alpha2=alpha2, lambda1=lambda1, lambda2=lambda2)
+        model = apply_plan(copy.deepcopy(self.dense), plan)
         ppls = [perplexity(model, self.setup.tokenizer, t, seq_len=self.setup.config.data.seq_len,
                            max_windows=self.setup.eval_windows).ppl for t in self.setup.eval_texts]
         value = sum(ppls) / len(ppls)

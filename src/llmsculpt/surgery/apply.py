@@ -4,6 +4,9 @@ Coupled tensors move together: a query head takes its q_proj rows (and bias) and
 a K/V head its k/v rows (and biases); an MLP channel its gate/up rows and down column; a hidden
 channel its embedding column, every norm entry, the input columns of q/k/v/gate/up, the output rows
 of o/down and the lm_head column (tied embeddings stay tied).
+
+Then the plan's weight updates (FLAP's bias compensation, OBS) are applied to the result, giving
+o_proj / down_proj a bias first where an update needs one.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import math
 import torch
 from torch import nn
 
-from llmsculpt.models.sculpt_modeling import HeadGatherLinear
+from llmsculpt.errors import SculptError
+from llmsculpt.models.sculpt_modeling import HeadGatherLinear, add_output_biases
 from llmsculpt.models.spec import ArchSpec, get_path, spec_for
 from llmsculpt.plan import LayerPlan, Plan
 from llmsculpt.structures.shapes import LayerShape, architecture, layer_shape
@@ -169,5 +173,30 @@ def apply_plan(model: nn.Module, plan: Plan, *, rms_rescale: bool = True) -> nn.
         _prune_hidden(spec, model, plan.hidden, rms_rescale)
     if any(lp.drop for lp in plan.layers):
         _drop_layers(spec, model, plan)
+    if plan.updates:
+        _apply_updates(spec, model, plan)
     sync_config(model)
     return model
+
+
+def _apply_updates(spec: ArchSpec, model: nn.Module, plan: Plan) -> None:
+    """Set / add every update's value on the pruned model's o_proj / down_proj (see plan.Update)."""
+    bias = {m for m in ("o_proj", "down_proj") if any(u.param == "bias" and u.module == m for u in plan.updates)}
+    if bias:
+        add_output_biases(model, o_proj="o_proj" in bias, down_proj="down_proj" in bias)
+    position = {lp.index: k for k, lp in enumerate(lp for lp in plan.layers if not lp.drop)}
+    layers = spec.decoder_layers(model)
+    for u in plan.updates:
+        if u.value is None:
+            raise SculptError(f"plan update of layer {u.layer} {u.module}.{u.param} has no value (plan read without "
+                              "its .updates.safetensors file?)")
+        if u.layer not in position:
+            raise SculptError(f"plan updates layer {u.layer}, which the plan removes")
+        layer = layers[position[u.layer]]
+        lin = spec.qkvo(layer)[3] if u.module == "o_proj" else spec.gate_up_down(layer)[2]
+        param = getattr(lin, u.param)
+        if tuple(param.shape) != tuple(u.value.shape):
+            raise SculptError(f"plan update of layer {u.layer} {u.module}.{u.param} has shape {tuple(u.value.shape)}, "
+                              f"the pruned model's is {tuple(param.shape)}")
+        value = u.value.to(device=param.device, dtype=param.dtype)
+        param.copy_(value) if u.op == "set" else param.add_(value)

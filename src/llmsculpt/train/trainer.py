@@ -44,7 +44,7 @@ def train_step(
     """One AdamW step at learning rate ``lr``; returns the (scaled) loss.
 
     ``loss_scale`` multiplies the loss before backward (data-parallel runs use it so that DDP's
-    gradient average equals the whole batch's token-mean gradient; see train/distributed.py).
+    gradient average equals the whole batch's token-mean gradient; see run/processes.py).
     """
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}

@@ -7,7 +7,7 @@ with s = |W·g| ("taylor", LLM-Pruner's first order) or ½·W²·g² ("fisher", 
 
 "obc" (Optimal Brain Compression) scores by the layer-output error left after removing the group
 and optimally updating the rest of the layer, with the proxy Hessian H = X Xᵀ of the layer's inputs
-from the same batch (damped as in pretrain/obs.py):
+from the same batch (damped as in importance/obs.py):
 - head h: tr(W_P ([H⁻¹]_PP)⁻¹ W_Pᵀ) over o_proj's columns P of the head (block OBS);
 - MLP channel c: Σ_r W[r, c]² / [H⁻¹]_cc over down_proj;
 - stem channel d: the input column d of q/k/v and gate/up (Σ_r W[r, d]² / [H⁻¹]_dd with the
@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import torch
 
 from llmsculpt.errors import SculptError
+from llmsculpt.importance.obs import damped
 from llmsculpt.models.spec import get_path, spec_for
 from llmsculpt.structures.shapes import Architecture
 
 METRICS = ("taylor", "fisher", "obc")
-HESSIAN_METRICS = ("obc",)  # need input Hessians (see loop.input_hessians)
+HESSIAN_METRICS = ("obc",)  # need input Hessians (measure.Needs(hessians="all"))
 TYPES = ("attention", "mlp", "stem")
 
 
@@ -55,13 +56,17 @@ def unit_params(arch: Architecture) -> dict[str, float]:
 
 
 @torch.no_grad()
-def saliency(model, arch: Architecture, metric: str = "taylor", hessians: dict | None = None) -> Saliency:
-    """From the ``.grad`` currently on the parameters (call after a backward pass), or for "obc"
-    from ``hessians`` {(layer, "o" | "down" | "attn_in" | "mlp_in"): X Xᵀ}."""
+def saliency(model, arch: Architecture, metric: str = "taylor", *, grads: dict | None = None,
+             hessians: dict | None = None) -> Saliency:
+    """From ``grads`` {parameter name: dL/dW} (``Measurements.grad`` with grad_params="saliency"),
+    or for "obc" from ``hessians`` {(layer, "o" | "down" | "attn_in" | "mlp_in"): X Xᵀ}."""
     if metric == "obc":
         if not hessians:
             raise SculptError("the obc saliency needs input Hessians from a forward pass")
         return obc_saliency(model, arch, hessians)
+    grads = grads or {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    grad = lambda p: grads.get(names[id(p)])  # noqa: E731
     spec = spec_for(model)
     sizes = unit_params(arch)
     hd = arch.head_dim
@@ -70,20 +75,20 @@ def saliency(model, arch: Architecture, metric: str = "taylor", hessians: dict |
     for layer, ls in zip(spec.decoder_layers(model), arch.layers):
         _, _, _, o = spec.qkvo(layer)
         _, _, down = spec.gate_up_down(layer)
-        eo = element(o.weight, o.weight.grad, metric).float()
-        ed = element(down.weight, down.weight.grad, metric).float()
+        if grad(o.weight) is None or grad(down.weight) is None:
+            raise SculptError(f"the {metric} saliency needs the o_proj/down_proj gradients (measure grad=True)")
+        eo = element(o.weight, grad(o.weight), metric).float()
+        ed = element(down.weight, grad(down.weight), metric).float()
         heads.append((eo.sum(0).view(ls.n_heads, hd).sum(1) / sizes["attention"]).cpu())
         mlp.append((ed.sum(0) / sizes["mlp"]).cpu())
         stem += (eo.sum(1) + ed.sum(1)).cpu()
     embed = get_path(model, spec.embed)
-    if embed.weight.grad is not None:
-        stem += element(embed.weight, embed.weight.grad, metric).float().sum(0).cpu()
+    if grad(embed.weight) is not None:
+        stem += element(embed.weight, grad(embed.weight), metric).float().sum(0).cpu()
     return Saliency(heads=heads, mlp=mlp, stem=stem / sizes["stem"])
 
 
 def _inverse(h: torch.Tensor) -> torch.Tensor:
-    from llmsculpt.pretrain.obs import damped
-
     return torch.linalg.inv(damped(h.double()))
 
 

@@ -9,10 +9,12 @@ broadcasts module state when it is built), so any weight change a method made tr
 Only the main process writes checkpoints, logs and outputs; the others wait at a barrier.
 
 With ``shard=True`` (or an accelerate FSDP config) training is fully sharded instead (FSDP2, see
-train/sharded.py): weights, gradients and optimiser state are split over the processes, and the main
+run/fsdp.py): weights, gradients and optimiser state are split over the processes, and the main
 process gathers whole weights only to prune and to checkpoint.
 
-In a single process (the default) nothing here touches torch.distributed.
+In a single process (the default) nothing here touches torch.distributed. This module and run/fsdp.py
+are the only ones that look at the launcher's environment (``RANK``, ``WORLD_SIZE``) or at
+torch.distributed: everything else asks a ``Processes`` or ``is_main_process()``.
 """
 
 from __future__ import annotations
@@ -23,14 +25,8 @@ import torch
 from torch import nn
 
 from llmsculpt.errors import SculptError
+from llmsculpt.run import fsdp
 from llmsculpt.train.data import IGNORE, Example
-
-
-def broadcast_object(obj):
-    """The main process's ``obj`` (picklable) on every process of the default group."""
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def timeout_from_env() -> "timedelta":
@@ -50,7 +46,13 @@ def timeout_from_env() -> "timedelta":
 
 
 def world_size_from_env() -> int:
+    """How many processes the launcher (torchrun / accelerate launch) started; 1 when run directly."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True in a single process and on rank 0 of a launched run: the process that writes outputs."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 class Processes:
@@ -94,7 +96,7 @@ class Processes:
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module to run forward/backward through: ``model`` itself in one process, DDP around it,
-        or a sharded copy (FSDP2, see train/sharded.py).
+        or a sharded copy (FSDP2, see run/fsdp.py).
 
         Call again after every pruning (parameter shapes changed). Building DDP copies the main
         process's parameters and buffers to every process; building the sharded copy fills its shards
@@ -104,11 +106,9 @@ class Processes:
         if self.accelerator is None:
             return model
         if self.sharded:
-            from llmsculpt.train.sharded import is_meta, shard, to_meta
-
-            net = shard(model, self.accelerator.device, is_main=self.is_main)
-            if not self.is_main and not is_meta(model):
-                to_meta(model)
+            net = fsdp.shard(model, self.accelerator.device, is_main=self.is_main)
+            if not self.is_main and not fsdp.is_meta(model):
+                fsdp.to_meta(model)
             return net
         return self.accelerator.prepare_model(model)
 
@@ -116,27 +116,21 @@ class Processes:
         """Bring the main process's plain ``model`` up to date with the trained ``net`` (sharded runs;
         in the others they share their parameters), with ``grads`` also its gradients. Collective."""
         if self.sharded:
-            from llmsculpt.train.sharded import gather_grads, gather_weights
-
-            gather_weights(net, model, is_main=self.is_main)
+            fsdp.gather_weights(net, model, is_main=self.is_main)
             if grads:
-                gather_grads(net, model, is_main=self.is_main)
+                fsdp.gather_grads(net, model, is_main=self.is_main)
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict | None:
         """``optimizer.state_dict()`` with full-size moments (sharded runs gather them, and only the
         main process gets them: None on the others). Collective."""
         if self.sharded:
-            from llmsculpt.train.sharded import gather_optimizer_state
-
-            return gather_optimizer_state(optimizer, is_main=self.is_main)
+            return fsdp.gather_optimizer_state(optimizer, is_main=self.is_main)
         return optimizer.state_dict()
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict | None) -> None:
         """Inverse of ``optimizer_state``; in sharded runs only the main process's ``state`` is read."""
         if self.sharded:
-            from llmsculpt.train.sharded import load_optimizer_state
-
-            load_optimizer_state(optimizer, state, is_main=self.is_main)
+            fsdp.load_optimizer_state(optimizer, state, is_main=self.is_main)
         else:
             optimizer.load_state_dict(state)
 

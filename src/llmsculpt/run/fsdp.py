@@ -10,9 +10,9 @@ every parameter. Pruning, however, needs whole matrices, so a run keeps two view
 - the *sharded* copy (``shard``): built from the plain model after every pruning, its shards filled
   from the main process's weights (broadcast), and trained.
 
-Measuring passes run on the sharded copy too (``ShardedPasses`` for Adapt-Pruner; ``gather_grads``
-for pruning-aware training): every process takes a slice of the batch, and only whole gradients are
-gathered — into the main process's host copy, where scores are computed and the plan decided.
+Measuring passes run on the sharded copy too (measure/sharded.py, with ``gather_grads`` and
+``gather_weights`` from here): every process takes a slice of the batch, and only whole gradients
+are gathered — into the main process's host copy, where scores are computed and the plan decided.
 
 Optimiser state crosses the same boundary as an ordinary ``torch.optim.AdamW.state_dict()`` with
 full-size moments, indexed like ``make_optimizer(plain_model)``'s parameters: the format the
@@ -23,11 +23,17 @@ other way round, and ``optimizer_state="carry"`` works on it unchanged.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+
+def broadcast_object(obj):
+    """The main process's ``obj`` (picklable) on every process of the default group (collective)."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def to_meta(model: nn.Module) -> None:
@@ -114,8 +120,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, full: dict | None, *,
     moment is scattered from the main process to the shards (collective)."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    from llmsculpt.train.distributed import broadcast_object
-
     params = [p for group in optimizer.param_groups for p in group["params"]]
     layout = broadcast_object(
         {i: {k: ((tuple(v.shape), v.dtype) if v.dim() else v) for k, v in s.items()} for i, s in full["state"].items()}
@@ -140,76 +144,3 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, full: dict | None, *,
             entry[key] = value
         state[index] = entry
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-class ShardedPasses:
-    """Adapt-Pruner's measuring passes on the sharded model (see methods/base.LocalPasses).
-
-    Every process runs the method in lockstep on its plain model (whole on the main process, a meta
-    skeleton elsewhere). ``measure`` runs layer importance and the gradient pass through the sharded
-    copy, each process on its slice of the calibration batch: no device ever holds the whole model or
-    its gradients. Importance sums and the loss are all-reduced; whole gradients are gathered to the
-    main process's host copy, which alone scores and decides; ``agree`` shares its plan, and the
-    pruned model is re-sharded before the next measurement.
-    """
-
-    def __init__(self, procs, net: nn.Module, *, micro_batch: int = 4) -> None:
-        self.procs, self.net, self.micro_batch = procs, net, micro_batch
-        self.decides = procs.is_main
-        self.stale = False
-
-    def measure(self, model: nn.Module, batch: torch.Tensor, needs, *, distance: str):
-        from llmsculpt.errors import SculptError
-        from llmsculpt.importance.base import GRAD
-        from llmsculpt.importance.collect import Stats, scored_parameters
-        from llmsculpt.importance.layer_importance import layer_io_hooks
-
-        unsupported = set(needs) - {GRAD, "forward"}
-        if unsupported:
-            raise SculptError(f"sharded Adapt-Pruner measures gradients only; the metric also needs "
-                              f"{', '.join(sorted(unsupported))}: use taylor/magnitude, or run without --fsdp")
-        if self.stale:
-            self.net = self.procs.wrap(model)
-            self.stale = False
-        procs, net = self.procs, self.net
-        want_grad = GRAD in needs
-        total = int(batch.shape[0])
-        mine = batch[procs.rank :: procs.world].to(procs.device)
-        # every process runs the same number of passes (each is a collective); spare ones weigh nothing
-        rounds = math.ceil(math.ceil(total / procs.world) / self.micro_batch)
-        chunks = list(torch.split(mine, self.micro_batch)) if len(mine) else []
-        loss_sum = torch.zeros(1, dtype=torch.float64)
-        net.zero_grad(set_to_none=True)
-        with layer_io_hooks(net, distance=distance) as imp, torch.set_grad_enabled(want_grad):
-            for k in range(rounds):
-                real = k < len(chunks)
-                ids = chunks[k] if real else batch[:1].to(procs.device)
-                if not real:
-                    hooks_off = imp.sums.clone(), imp.counts.clone()
-                loss = net(input_ids=ids, labels=ids, use_cache=False).loss
-                if real:
-                    loss_sum += loss.item() * ids.shape[0]
-                else:
-                    imp.sums, imp.counts = hooks_off
-                if want_grad:  # FSDP averages over processes: × world gives the whole batch's mean gradient
-                    (loss * (ids.shape[0] / total * procs.world if real else 0.0)).backward()
-        sums = procs.sum_over_processes({"sums": imp.sums, "counts": imp.counts, "loss": loss_sum})
-        imp.sums, imp.counts = sums["sums"], sums["counts"]
-        stats = Stats(samples=total, loss=float(sums["loss"].item()) / total)
-        if want_grad:
-            scored = scored_parameters(model)  # the same parameters as the local pass (collect.py)
-            for name, p in net.named_parameters():
-                if p.grad is not None and name in scored:
-                    grad = p.grad.full_tensor()
-                    if self.decides:
-                        stats.grad[name] = grad.cpu()
-            net.zero_grad(set_to_none=True)
-        return stats, imp.values()
-
-    def agree(self, plan):
-        from llmsculpt.plan import Plan
-
-        return Plan.from_dict(self.procs.share(plan.to_dict() if self.decides else None))
-
-    def applied(self, model: nn.Module) -> None:
-        self.stale = True  # re-shard lazily: the method may stop here, and the caller re-shards anyway

@@ -4,15 +4,16 @@ With the layer-wise proxy Hessian H = X Xᵀ (X: the layer's inputs, columns = t
 set P of input columns and updating the others by δW = −W[:, P] ([H⁻¹]_PP)⁻¹ H⁻¹[P, :] minimises
 ‖W X − W' X‖² (Optimal Brain Surgeon, block form; for one column p this is
 δw = −(w_p / [H⁻¹]_pp) H⁻¹[:, p]). H⁻¹ columns are obtained by solving H x = e_p with damping.
+The Hessians come from :func:`llmsculpt.measure.hooks.input_hessians`; EfficientLLM's step puts
+the update in its plan (``obs_updates``), which surgery applies.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 
 from llmsculpt.models.spec import spec_for
+from llmsculpt.plan import Update
 from llmsculpt.structures.shapes import Architecture
 
 
@@ -39,45 +40,24 @@ def obs_remove_columns(weight: torch.Tensor, hessian: torch.Tensor, cols: list[i
     return out.to(weight.dtype)
 
 
-@contextmanager
-def input_hessians(model, enabled: bool, *, inputs: bool = False):
-    """H = Σ x xᵀ of every o_proj and down_proj input during the forward passes inside; with
-    ``inputs`` also of the attention and MLP inputs (q_proj's and gate_proj's), keyed "attn_in"/"mlp_in"."""
-    spec = spec_for(model)
-    store: dict[tuple[int, str], torch.Tensor] = {}
-    handles = []
-
-    def make(key):
-        def hook(_m, args):
-            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
-            store[key] = store.get(key, 0) + (x.T @ x).cpu()
-
-        return hook
-
-    if enabled:
-        for i, layer in enumerate(spec.decoder_layers(model)):
-            q, _, _, o = spec.qkvo(layer)
-            gate, _, down = spec.gate_up_down(layer)
-            watched = [(o, "o"), (down, "down")] + ([(q, "attn_in"), (gate, "mlp_in")] if inputs else [])
-            handles += [module.register_forward_pre_hook(make((i, name))) for module, name in watched]
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
-
-
 @torch.no_grad()
-def apply_obs(model, arch: Architecture, kind: str, units: list[tuple], hessians: dict) -> None:
-    """Compensate the remaining o_proj/down_proj columns for the columns about to be removed."""
+def obs_updates(model, arch: Architecture, kind: str, units: list[tuple], hessians: dict) -> list[Update]:
+    """The plan updates that compensate the remaining o_proj ("attention") / down_proj ("mlp")
+    columns of every layer for the ``units`` (layer, head | channel) a step removes: each touched
+    layer's weight is *set* to its OBS-updated columns that stay."""
     spec = spec_for(model)
     hd = arch.head_dim
+    out = []
     for i, layer in enumerate(spec.decoder_layers(model)):
         gone = sorted(u[1] for u in units if u[0] == i)
         if not gone:
             continue
-        _, _, _, o = spec.qkvo(layer)
-        _, _, down = spec.gate_up_down(layer)
-        lin, key = (o, (i, "o")) if kind == "attention" else (down, (i, "down"))
-        cols = [h * hd + d for h in gone for d in range(hd)] if kind == "attention" else gone
-        lin.weight.copy_(obs_remove_columns(lin.weight, hessians[key].to(lin.weight.device), cols))
+        if kind == "attention":
+            lin, key, unit, cols = spec.qkvo(layer)[3], (i, "o"), hd, [h * hd + d for h in gone for d in range(hd)]
+        else:
+            lin, key, unit, cols = spec.gate_up_down(layer)[2], (i, "down"), 1, gone
+        new = obs_remove_columns(lin.weight, hessians[key].to(lin.weight.device), cols)
+        kept = torch.tensor([c for c in range(new.shape[1]) if c not in set(cols)], device=new.device)
+        out.append(Update(layer=i, module="o_proj" if kind == "attention" else "down_proj", param="weight",
+                          op="set", value=new.index_select(1, kept), unit=unit))
+    return out

@@ -1,9 +1,10 @@
-"""Checkpoints of long pruning-and-training runs (Adapt-Accel, pruning-aware training).
+"""The one checkpoint format of long pruning-and-training runs (Adapt-Accel, pruning-aware training).
 
 ``<dir>/last/`` holds the model (pruned shapes and all, loadable with ``llmsculpt.load``), the
-optimiser state (``optimizer.safetensors`` + ``optimizer.json``) and ``state.json`` (counters, the composed plan, the run's configuration). A new
-checkpoint is written to ``last.tmp`` and swapped in with renames, so a run killed at any moment
-leaves a complete checkpoint: ``last``, or ``last.old`` if it died between the two renames.
+optimiser state (``optimizer.safetensors`` + ``optimizer.json``) and ``state.json`` (counters, the
+composed plan, the run's configuration). A new checkpoint is written beside ``last`` and renamed
+into place (``io/save.atomic_dir``), so a run killed at any moment leaves a complete checkpoint:
+``last``, or the previous one under its backup name if it died between the two renames.
 ``<dir>/log.jsonl`` is the run's log; on resume, entries after the checkpoint are dropped.
 
 LoRA training keeps its base weights frozen, so within a phase only the adapters and the optimiser
@@ -17,7 +18,6 @@ checkpoint never runs code from it, and tensors are loaded straight onto the tra
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -48,17 +48,21 @@ def save_checkpoint(directory: Path, model, tokenizer, optimizer_state: dict | N
 
 
 def _swap_in(directory: Path, name: str, fill) -> None:
-    """Write ``directory/name`` atomically: ``fill(tmp)``, then rename over the previous one."""
+    """Write ``directory/name`` atomically: ``fill(tmp)`` beside it, then renamed over the previous one.
+    What a killed run left behind goes: half-done writes before, a previous backup after."""
+    from llmsculpt.io.save import atomic_dir
+
     directory.mkdir(parents=True, exist_ok=True)
-    tmp, old = directory / f"{name}.tmp", directory / f"{name}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    fill(tmp)
-    if (directory / name).exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory / name, old)
-    os.replace(tmp, directory / name)
-    shutil.rmtree(old, ignore_errors=True)
+    for stale in directory.glob(f".{name}.tmp-*"):
+        if not stale.name.endswith(_BACKUP):
+            shutil.rmtree(stale, ignore_errors=True)
+    with atomic_dir(directory / name, overwrite=True) as tmp:
+        fill(tmp)
+    for stale in directory.glob(f".{name}.tmp-*{_BACKUP}"):  # a previous one, superseded now
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+_BACKUP = "-old"  # atomic_dir's name for the previous directory while the new one is renamed in
 
 
 def save_adapters(directory: Path, model, optimizer, state: dict) -> None:
@@ -93,9 +97,10 @@ def load_adapters(directory: Path, base_state: dict, device) -> tuple[dict, dict
 
 
 def latest(directory: Path) -> Path:
-    for name in ("last", "last.old"):
-        if (directory / name / "state.json").is_file():
-            return directory / name
+    """``<dir>/last``, or the previous checkpoint if the run died while renaming a new one in."""
+    for where in [directory / "last", *sorted(directory.glob(f".last.tmp-*{_BACKUP}"))]:
+        if (where / "state.json").is_file():
+            return where
     raise SculptError(f"nothing to resume: no checkpoint in {directory}")
 
 
@@ -184,8 +189,11 @@ def _unpack(obj, tensors: dict[str, torch.Tensor]):
 
 
 def read_log(directory: Path, before_step: int) -> list[dict]:
+    """The run's log entries before ``before_step`` (the checkpoint's); a line the killed run left
+    half written is skipped."""
+    from llmsculpt.io.files import iter_jsonl
+
     path = directory / "log.jsonl"
     if not path.is_file():
         return []
-    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [e for e in entries if e["step"] < before_step]
+    return [e for _, e in iter_jsonl(path, what="run log", skip_bad=True) if e["step"] < before_step]

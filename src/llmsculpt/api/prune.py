@@ -1,0 +1,157 @@
+"""The ``prune`` verb: a recipe in, a plan (and, unless a dry run, the pruned model) out."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llmsculpt.api._common import RECIPE_FILE, check_out_dir, is_main, model_and_tokenizer, recipe
+from llmsculpt.config import DataConfig, PruneConfig
+from llmsculpt.errors import SculptError
+from llmsculpt.plan import Plan
+from llmsculpt.structures.shapes import Architecture, architecture, count_params
+
+
+@dataclass
+class PruneOutcome:
+    """The pruned model (the caller's own model, untouched, after a dry run), its plan relative to the
+    source, the report and the effective recipe."""
+
+    model: nn.Module
+    tokenizer: object
+    plan: Plan
+    report: dict
+    recipe: PruneConfig | None = None
+
+    @property
+    def architecture(self) -> Architecture:
+        """The pruned architecture (for a dry run: what the plan would make of the model)."""
+        if self.report.get("dry_run"):
+            return self.plan.resulting(architecture(self.model))
+        return architecture(self.model)
+
+    def save(self, out: str | os.PathLike, *, overwrite: bool = False, plots: bool = False) -> Path:
+        """Write the model, plan, report and ``recipe.yaml`` atomically; ``plots`` adds PNGs (matplotlib)."""
+        from llmsculpt.io.save import save_pruned
+
+        if self.report.get("dry_run"):
+            raise SculptError("a dry run has no pruned model to save; prune without dry_run")
+
+        def draw(directory):
+            from llmsculpt.io.plots import plot_report
+
+            plot_report(directory, architecture(self.model), self.report)
+
+        extra = {RECIPE_FILE: self.recipe.dumps_yaml()} if self.recipe is not None else None
+        return save_pruned(self.model, self.tokenizer, out, plan=self.plan, report=self.report, overwrite=overwrite,
+                           extra_files=extra, after=draw if plots else None)
+
+
+def _calibration_fn(tokenizer, data: DataConfig, calib_text: str | None):
+    from llmsculpt.calibration import calibration_batch
+
+    kw = {"texts": [calib_text]} if calib_text is not None else {"source": data.calib}
+
+    def make(seed: int) -> torch.Tensor:
+        return calibration_batch(
+            tokenizer, n_samples=data.n_samples, seq_len=data.seq_len, seed=seed, min_length=data.min_length, **kw
+        )
+
+    return make
+
+
+def prune(
+    model: str | os.PathLike | nn.Module | None = None,
+    *,
+    config: PruneConfig | None = None,
+    tokenizer=None,
+    calib_text: str | None = None,
+    inplace: bool = False,
+    dry_run: bool = False,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    plots: bool = False,
+    progress: bool = False,
+    eval_text: str | None = None,
+    eval_windows: int | None = None,
+    device: str | torch.device | None = None,
+    **fields,
+) -> PruneOutcome:
+    """Prune ``model`` (a name/path to load, or a loaded module + ``tokenizer``) to a target size.
+
+    ``fields`` are PruneConfig fields laid over ``config`` (ratio, target_params, method, metric,
+    seed, dtype, options, and the calibration data's calib, n_samples, seq_len). A model object passed
+    here is not modified unless ``inplace``; ``dry_run`` plans and reports (params after from the
+    plan) without surgery on the model and without writing. ``eval_text``, if given, is scored before
+    and after (at most ``eval_windows`` windows of ``seq_len`` tokens). ``out``: save there (model,
+    plan, report, recipe.yaml), on the main process only.
+
+    Example:
+        >>> out = prune("tiny-qwen2", ratio=0.3, method="uniform", calib_text="abc " * 500)
+        >>> round(out.report["achieved_ratio"], 1)
+        0.3
+    """
+    cfg = recipe(PruneConfig, config, model, fields)
+    cfg.check_options()  # unknown method or option: before anything is loaded
+    if out is not None and not dry_run:
+        check_out_dir(out, overwrite)
+    model, tokenizer, loaded_here = model_and_tokenizer(model, tokenizer, cfg, device=device)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and cfg.data.seq_len > context:
+        raise SculptError(f"seq-len {cfg.data.seq_len} is beyond the model's context of {context} tokens")
+    calib = _calibration_fn(tokenizer, cfg.data, calib_text)
+    before, source = count_params(model), architecture(model)
+    floor = source.min_param_count()
+    if before - cfg.removal_target(before) <= floor:
+        raise SculptError(
+            f"cannot remove {cfg.removal_target(before):,} of {before:,} parameters: structured pruning keeps at least "
+            f"{floor:,} (embeddings plus one head and one MLP channel per layer); lower the ratio or raise the target"
+        )
+    calib(cfg.seed)  # fail on bad calibration data before any work
+    score = eval_text is not None and not dry_run
+    ppl_before = _ppl(model, tokenizer, eval_text, cfg.data.seq_len, eval_windows) if score else None
+    t0 = time.perf_counter()
+    pruned, result = _plan_and_apply(model, tokenizer, cfg, calib, progress=progress, dry_run=dry_run,
+                                     inplace=inplace or loaded_here)
+    seconds = time.perf_counter() - t0
+    after = result.plan.resulting(source).param_count() if dry_run else count_params(pruned)
+    report = {
+        "method": cfg.method, "config": cfg.to_dict(), "params_before": before, "params_after": after,
+        "achieved_ratio": 1 - after / before, "target_ratio": cfg.removal_target(before) / before,
+        "seconds": seconds, "uniform_layers": (result.plan.resulting(source) if dry_run else architecture(pruned)).is_uniform,
+        "original_architecture": source.to_dict(), "history": result.history,
+    }
+    if dry_run:
+        report["dry_run"] = True
+    if score:
+        report["ppl_before"] = ppl_before
+        report["ppl_after"] = _ppl(pruned, tokenizer, eval_text, cfg.data.seq_len, eval_windows)
+        report["ppl_windows"] = eval_windows
+    result.plan.meta.update({"method": cfg.method, "seed": cfg.seed})
+    outcome = PruneOutcome(model=model if dry_run else pruned, tokenizer=tokenizer, plan=result.plan, report=report,
+                           recipe=cfg)
+    if out is not None and not dry_run and is_main():
+        outcome.save(out, overwrite=overwrite, plots=plots)
+    return outcome
+
+
+def _plan_and_apply(model, tokenizer, cfg: PruneConfig, calib, *, progress: bool, dry_run: bool, inplace: bool):
+    """(pruned model or None for a dry run, PruneResult) through the planners (llmsculpt.methods)."""
+    from llmsculpt.methods import PruneContext, get_method, prune_model
+
+    ctx = PruneContext(model=model, tokenizer=tokenizer, config=cfg, calibration=calib, progress=progress,
+                       inplace=inplace and not dry_run)
+    if dry_run:
+        return None, get_method(cfg.method).plan(ctx)
+    return prune_model(ctx)
+
+
+def _ppl(model, tokenizer, text: str, seq_len: int, max_windows: int | None = None) -> float:
+    from llmsculpt.eval.perplexity import perplexity
+
+    return perplexity(model, tokenizer, text, seq_len=seq_len, max_windows=max_windows).ppl

@@ -1,1 +1,0 @@
-"""Pruning-aware (continued) pretraining (EfficientLLM): saliency of mini-groups, OBS updates, loop."""
