@@ -1,8 +1,8 @@
 """Peak memory of a prune per method × dtype × model, in bytes per parameter, and its time.
 
-Each run is its own process (``sculpt prune --json`` without ``--out``: the real prune, surgery
-included, nothing saved; a ``--dry-run`` would deep-copy the model for the iterative planners and
-so measure a copy users do not pay for) measured from outside: peak RSS with
+Each run is its own process (``llmsculpt.prune(path, ...)``: the real prune of a model it loads
+itself, in place, surgery included, nothing saved; ``sculpt prune --dry-run`` would deep-copy the
+model for the iterative planners, a copy a real prune does not make) measured from outside: peak RSS with
 ``/usr/bin/time -v`` on the CPU (on CUDA the child prints ``torch.cuda.max_memory_allocated``).
 Models: the default (SmolLM2-135M) and a 0.5B-class Qwen2 shape (hidden 896, 24 layers, 14 heads /
 2 KV heads, MLP 4864, vocabulary 151,936, tied embeddings, q/k/v bias) with random weights, written
@@ -48,19 +48,27 @@ def qwen05b_dir(cache: Path) -> Path:
     return out
 
 
+CHILD = """import json, sys, llmsculpt
+model, method, dtype, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+kw = {"options": {"steps": steps}} if method == "adaptive" else {}
+kw |= {"dtype": dtype} if dtype != "-" else {}
+r = llmsculpt.prune(model, method=method, ratio=0.25, **kw).report
+print(json.dumps({"params_before": r["params_before"], "seconds": r["seconds"]}))
+"""
+
+
 def run_one(model: str, method: str, dtype: str, *, steps: int, src: str | None, src_dtype: bool = False) -> dict:
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "llmsculpt.cli.main", "prune", "--model", model,
-           "--method", method, "--ratio", "0.25", "--json", "--no-eval"]
-    if method == "adaptive":
-        cmd += ["--option", f"steps={steps}"]
-    if not src or src_dtype:
-        cmd += ["--dtype", dtype]
+    # the API's prune of a model it loads itself: in place, surgery included, nothing saved (the CLI
+    # would need --out, and a dry run deep-copies the model for the iterative planners)
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-c", CHILD, model, method,
+           dtype if not src or src_dtype else "-", str(steps)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
+        own = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("\t")]  # not time -v's
+        return {"error": own[-2] if len(own) > 1 else f"rc {proc.returncode}"}
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time.*: ([\d:.]+)", proc.stderr).group(1)
@@ -79,14 +87,17 @@ def baseline_rss(src: str | None) -> int:
 
 def time_passes(model_name: str, repeats: int = 3) -> dict[str, float]:
     """Best-of-``repeats`` seconds of one Adapt-Pruner measuring pass (layer importance + Taylor
-    gradients, 10 × 128 tokens) in float32 and bfloat16, interleaved (fair on a busy machine)."""
+    gradients reduced to group scores as they are produced, 10 × 128 tokens) in float32 and
+    bfloat16, interleaved (fair on a busy machine)."""
     import copy
     import time
 
     import torch
 
     from llmsculpt.calibration import calibration_batch, default_documents
+    from llmsculpt.importance import get_metric
     from llmsculpt.measure import LocalEngine, Needs
+    from llmsculpt.methods.oneshot import reducer_for
     from llmsculpt.models.loading import load
 
     loaded = load(model_name, device="cpu")
@@ -96,7 +107,8 @@ def time_passes(model_name: str, repeats: int = 3) -> dict[str, float]:
     for _ in range(repeats):
         for name, model in models.items():
             t0 = time.perf_counter()
-            LocalEngine().measure(model, batch, Needs(grad=True, layer_change="cosine"))
+            LocalEngine().measure(model, batch, Needs(grad=True, layer_change="cosine"),
+                                  reducer=reducer_for(model, get_metric("taylor")))
             best[name] = min(best[name], time.perf_counter() - t0)
     return best
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from llmsculpt.cli.main import main
-from llmsculpt.eval.memory_estimate import estimate, parse_bytes
+from llmsculpt.config import parse_bytes
+from llmsculpt.eval.memory_estimate import estimate
 
 LLAMA_31_8B = {  # the published config of meta-llama/Llama-3.1-8B (weights not needed)
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
@@ -73,3 +74,80 @@ def test_estimate_within_25_percent_of_measured_peak_tiny():
 def test_estimate_within_25_percent_of_measured_peak_default_model(method):
     predicted = estimate("smollm2-135m", method=method, dtype="bfloat16").peak_bytes
     assert abs(predicted / _measured_rss("smollm2-135m", method) - 1) <= 0.25
+
+
+TEXT = "The quick brown fox jumps over the lazy dog. Pruning removes whole heads and channels. " * 80
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Loading any weights fails: a refusal must come before it."""
+    import llmsculpt.api._common as common
+    import llmsculpt.models.loading as loading
+
+    def refuse(*a, **k):
+        raise AssertionError("weights were loaded before the budget was checked")
+
+    monkeypatch.setattr(loading, "load", refuse)
+    monkeypatch.setattr(common, "_load", refuse)
+
+
+@pytest.mark.parametrize("command", ["prune", "accel", "pretrain-prune"])
+def test_budget_too_small_is_refused_before_loading(tmp_path, capsys, no_loading, command):
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT)
+    out = tmp_path / "out"
+    argv = {"prune": ["prune", "--calib", str(text), "--n-samples", "4", "--seq-len", "32", "--no-eval"],
+            "accel": ["accel", "--data", str(text), "--target-params", "120000", "--seq-len", "32"],
+            "pretrain-prune": ["pretrain-prune", "--data", str(text), "--target-params", "120000", "--seq-len", "32"]}
+    assert main([*argv[command], "--model", "tiny-llama", "--budget", "100MB", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert re.search(r"would need about [\d.]+ GB at its peak .* more than the --budget of 100MB \(0\.1 GB\): ", err)
+    assert "lower" in err or "smaller model" in err
+    assert not out.exists() and not (tmp_path / "out.ckpt").exists()
+
+
+def test_generous_budget_runs_with_the_estimates_micro_batch(tmp_path, monkeypatch):
+    """A budget that fits runs; one that fits only at a smaller micro-batch gives the engine that one."""
+    import llmsculpt
+    import llmsculpt.measure as measure
+    from llmsculpt.eval.memory_estimate import engine_micro_batch
+
+    seen = []
+
+    class Spy(measure.LocalEngine):
+        def __init__(self, **kw):
+            seen.append(kw.get("micro_batch"))
+            super().__init__(**kw)
+
+    monkeypatch.setattr(measure, "LocalEngine", Spy)
+    kw = dict(method="uniform", ratio=0.2, calib_text=TEXT, data={"n_samples": 8, "seq_len": 32}, device="cpu")
+    plain = llmsculpt.prune("tiny-llama", **kw)
+    with_budget = llmsculpt.prune("tiny-llama", budget="100GB", **kw)
+    assert seen[:2] == [None, engine_micro_batch("uniform", 8, 32)] == [None, 8]
+    assert with_budget.plan.to_dict() == plain.plan.to_dict()  # one pass over the whole batch either way
+    tight = estimate("tiny-llama", method="uniform", dtype="float32", n_samples=8, seq_len=32, micro_batch=2)
+    llmsculpt.prune("tiny-llama", budget=tight.peak_bytes + 1, **kw)
+    assert seen[2] == 2  # 8 and 4 do not fit, 2 does
+    with pytest.raises(llmsculpt.SculptError, match="micro-batch 1"):
+        llmsculpt.prune("tiny-llama", budget=tight.peak_bytes - 10**7, **kw)
+
+
+def test_cuda_budget_is_the_free_device_memory(monkeypatch):
+    """Without --budget, a CUDA run is held to the device's free memory (no GPU needed to check)."""
+    import torch
+
+    import llmsculpt.api._budget as budget
+    import llmsculpt.models.placement as placement
+
+    monkeypatch.setattr(placement, "resolve_device", lambda value=None: torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10**5, 8 * 10**9))
+    assert budget.budget_in_force(None, "auto") == (10**5, "the free memory of cuda:0")
+    assert budget.budget_in_force("24GB", "auto") == (24 * 10**9, "the --budget of 24GB")
+    with pytest.raises(Exception, match=r"more than the free memory of cuda:0 \(0\.0 GB\)"):
+        budget.fit_or_refuse("tiny-llama", method="adaptive", dtype="float32", n_samples=4, seq_len=32, budget=None,
+                             device="auto", command="this prune")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 10**9, 8 * 10**9))
+    assert budget.fit_or_refuse("tiny-llama", method="adaptive", dtype="float32", n_samples=4, seq_len=32,
+                                budget=None, device="auto", command="this prune") == 4

@@ -393,3 +393,22 @@ def test_f32_gguf_reloads_with_identical_logits(tmp_path, monkeypatch, family):
     ids = torch.tensor([tok(PROMPT)["input_ids"]])
     with torch.no_grad():
         assert torch.equal(back(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("family,heterogeneous,arch", CASES)
+def test_inspect_reads_gguf_metadata(tmp_path, family, heterogeneous, arch):
+    """`inspect` of a GGUF file reads its shapes from the metadata (no conversion, no weights): the
+    table is the exported model's, a cluster-attention layer shown with the K/V heads the file holds."""
+    import dataclasses
+
+    import llmsculpt
+
+    model, tok = _model(family, heterogeneous)
+    path = export_gguf(model, tok, tmp_path / "m.gguf", dtype="f32")
+    want = architecture(model)
+    if heterogeneous:  # layer 1 (cluster attention) is written with one K/V head per query head
+        layers = list(want.layers)
+        layers[1] = dataclasses.replace(layers[1], n_kv=3, kv_map=(0, 1, 2))
+        want = dataclasses.replace(want, layers=tuple(layers))
+    got = llmsculpt.inspect(path).architecture
+    assert got == dataclasses.replace(want, model_type="llama" if family == "tiny-mistral" else want.model_type)

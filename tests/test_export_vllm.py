@@ -172,3 +172,125 @@ def test_cli_keeps_the_checkpoint_dtype(tmp_path):
     with safe_open(str(tmp_path / "s" / "model.safetensors"), "pt") as f:
         assert f.get_tensor("model.layers.0.self_attn.q_proj.weight").dtype == torch.bfloat16
     assert json.loads((tmp_path / "s" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+NAS_CASES = [(f, p, b) for f, p, b, route in CASES if route == "nemotron-nas"]
+
+
+@pytest.mark.parametrize("family,per_layer,bias", NAS_CASES)
+def test_llmsculpt_load_of_nas_export_is_the_pruned_model(tmp_path, family, per_layer, bias):
+    """llmsculpt.load undoes the export's padding and K/V grouping: the pruned model's own shapes,
+    parameter count and (exactly) its logits; inspect shows the same table without reading weights."""
+    import llmsculpt
+
+    model, tok = vllm_case(family, per_layer, bias=bias)
+    out = export_vllm(model, tok, tmp_path / "served")
+    loaded = llmsculpt.load(out, device="cpu", dtype="auto").model
+    assert architecture(loaded) == architecture(model)
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
+    assert torch.equal(_logits(loaded, tok), _logits(model, tok))
+    assert llmsculpt.inspect(out).architecture == architecture(model)
+
+
+def test_llmsculpt_load_of_nas_export_bf16_and_uniform_qwen2(tmp_path):
+    import llmsculpt
+
+    model, tok = vllm_case("tiny-llama", per_layer=True)
+    model = model.to(torch.bfloat16)
+    out = export_vllm(model, tok, tmp_path / "bf16")
+    loaded = llmsculpt.load(out, device="cpu", dtype="auto").model
+    assert next(loaded.parameters()).dtype == torch.bfloat16
+    assert torch.equal(_logits(loaded, tok), _logits(model, tok))  # padded heads are zero: the same sums
+    qwen, qtok = vllm_case("tiny-qwen2", fewer_heads=True)  # uniform, but vLLM's Qwen2 needs the NAS route
+    out = export_vllm(qwen, qtok, tmp_path / "qwen")
+    loaded = llmsculpt.load(out, device="cpu").model
+    assert architecture(loaded) == architecture(qwen) and torch.equal(_logits(loaded, qtok), _logits(qwen, qtok))
+
+
+def test_foreign_nas_directory_is_refused_in_one_line(tmp_path):
+    import llmsculpt
+
+    model, tok = vllm_case("tiny-llama", per_layer=True)
+    out = export_vllm(model, tok, tmp_path / "served")
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["sculpt_source_config"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SculptError, match="not written by llmsculpt.*trust_remote_code=True"):
+        llmsculpt.load(out, device="cpu")
+
+
+def _front(card: str) -> dict:
+    import yaml
+
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_exports_carry_model_cards(tmp_path):
+    """vLLM exports get a README.md inside, GGUF exports a <file>.README.md beside the file: the source's
+    numbers and recipe, the per-layer table, and the commands that run that export."""
+    import llmsculpt
+
+    text = "The quick brown fox jumps over the lazy dog. Pruning removes heads. " * 60
+    model, tok = vllm_case("tiny-llama")  # a byte-level BPE tokenizer, which GGUF needs
+    pruned = llmsculpt.prune(model, tokenizer=tok, ratio=0.3, method="adaptive", calib_text=text, eval_text=text,
+                             data={"n_samples": 4, "seq_len": 32})
+    assert not pruned.architecture.is_uniform
+    pruned.save(tmp_path / "pruned")
+    code, _, err = cli("export", "--model", str(tmp_path / "pruned"), "--format", "vllm", "--out",
+                       str(tmp_path / "served"))
+    assert code == 0, err
+    card = (tmp_path / "served" / "README.md").read_text()
+    assert _front(card)["library_name"] == "transformers" and "adaptive" in _front(card)["tags"]
+    assert f"{pruned.report['params_before']:,} -> {pruned.report['params_after']:,}" in card
+    assert "vllm serve served --trust-remote-code" in card and "Nemotron-NAS" in card
+    assert 'from_pretrained("served", trust_remote_code=True)' in card
+    table = [line for line in card.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(table) == 4
+    code, _, err = cli("export", "--model", str(tmp_path / "pruned"), "--format", "gguf", "--dtype", "f32",
+                       "--out", str(tmp_path / "m.gguf"))
+    assert code == 0, err
+    gguf_card = (tmp_path / "m.gguf.README.md").read_text()
+    assert "gguf" in _front(gguf_card)["tags"] and "llama-cli -m m.gguf" in gguf_card
+    assert "architecture `deci`" in gguf_card and "do not read per-layer" in gguf_card
+
+
+def test_export_loads_onto_the_given_device(tmp_path, monkeypatch):
+    import llmsculpt.models.loading as loading
+
+    model, tok = vllm_case("tiny-llama", per_layer=True)
+    from llmsculpt.io.save import save_pruned
+
+    save_pruned(model, tok, tmp_path / "pruned")
+    seen = []
+    real = loading.load
+
+    def spy(*a, **k):
+        loaded = real(*a, **k)
+        seen.append(next(loaded.model.parameters()).device)
+        return loaded
+
+    monkeypatch.setattr(loading, "load", spy)
+    for fmt, out in (("vllm", "v"), ("gguf", "m.gguf"), ("hf", "h")):
+        code, _, err = cli("export", "--model", str(tmp_path / "pruned"), "--format", fmt, "--device", "cpu",
+                           "--out", str(tmp_path / out))
+        assert code == (0 if fmt != "hf" else 2), err  # hf: a per-layer model has no plain config (refused)
+    assert seen == [torch.device("cpu")] * 3
+    code, _, err = cli("export", "--model", str(tmp_path / "pruned"), "--format", "vllm", "--device", "cuda:7",
+                       "--out", str(tmp_path / "v2"))
+    assert code == 2 and ("CUDA is not available" in err or "does not exist" in err)
+    assert not (tmp_path / "v2").exists()
+
+
+def test_hf_export_keeps_the_checkpoint_dtype(tmp_path):
+    import llmsculpt
+    from llmsculpt.io.save import save_pruned
+
+    model, tok = vllm_case("tiny-llama", fewer_heads=True)  # uniform: a plain config describes it
+    save_pruned(model.to(torch.bfloat16), tok, tmp_path / "pruned")
+    code, _, err = cli("export", "--model", str(tmp_path / "pruned"), "--format", "hf", "--out", str(tmp_path / "h"))
+    assert code == 0, err
+    loaded = llmsculpt.load(tmp_path / "h", device="cpu", dtype="auto").model
+    assert next(loaded.parameters()).dtype == torch.bfloat16
+    assert "pipeline_tag: text-generation" in (tmp_path / "h" / "README.md").read_text()
+    assert torch.equal(_logits(loaded, tok), _logits(model, tok))

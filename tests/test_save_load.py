@@ -174,3 +174,45 @@ def test_outputs_have_the_umask_modes(tmp_path):
         os.umask(umask)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
     assert {p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()} == {0o644}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("heterogeneous", [False, True])
+def test_inspect_reads_no_weights(tmp_path, monkeypatch, family, heterogeneous):
+    """`inspect` of a saved pruned model builds it on the meta device from config.json and checks the
+    safetensors headers: no tensor data is read, and the table is the loaded model's."""
+    import safetensors
+    import safetensors.torch
+
+    import llmsculpt
+    import llmsculpt.models.loading as loading
+
+    model, plan = _pruned(family, heterogeneous)
+    out = tmp_path / "out"
+    save_pruned(model, tiny_tokenizer(), out, plan=plan, report={"method": "test"})
+
+    def refuse(*a, **k):
+        raise AssertionError("inspect read weights")
+
+    for owner, name in ((safetensors, "safe_open"), (safetensors.torch, "safe_open"),
+                        (safetensors.torch, "load_file"), (safetensors.torch, "load"), (torch, "load"),
+                        (loading, "load"), (loading, "_load_pretrained")):
+        monkeypatch.setattr(owner, name, refuse)
+    info = llmsculpt.inspect(out)
+    assert info.architecture == architecture(model)
+    assert info.architecture.layers[1].kv_map == architecture(model).layers[1].kv_map
+    assert info.params == sum(p.numel() for p in model.parameters())
+    assert info.report["method"] == "test"
+
+
+def test_inspect_refuses_a_config_that_disagrees_with_the_weights(tmp_path):
+    import llmsculpt
+
+    model, plan = _pruned("tiny-llama", False)
+    out = tmp_path / "out"
+    save_pruned(model, tiny_tokenizer(), out, plan=plan)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["intermediate_size"] = 64
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SculptError, match="config.json disagrees with the weights: .*mlp"):
+        llmsculpt.inspect(out)

@@ -301,3 +301,250 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path):
         for name, value in entry.items():
             assert torch.equal(back["state"][k][name], value) and back["state"][k][name].dtype == value.dtype
     make_optimizer(model, 1e-3).load_state_dict(back)
+
+
+# ---- mixed precision (bf16/fp16 weights, fp32 master weights and moments) ------------------------
+
+def _bf16(case):
+    model, *rest = case
+    return (model.to(torch.bfloat16), *rest)
+
+
+def _weight_dtypes(directory):
+    from safetensors import safe_open
+
+    dtypes = set()
+    for f in directory.glob("model*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            dtypes |= {str(st.get_slice(k).get_dtype()) for k in st.keys()}
+    return dtypes
+
+
+def test_mixed_adamw_keeps_fp32_masters_and_small_updates():
+    from llmsculpt.testing import tiny_model
+    from llmsculpt.train.mixed import MixedAdamW
+    from llmsculpt.train.trainer import make_optimizer
+
+    model = tiny_model("tiny-llama").to(torch.bfloat16)
+    opt = make_optimizer(model, 1e-5)
+    assert isinstance(opt, MixedAdamW) and opt.loss_scale == 1.0
+    ids = torch.randint(4, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    w = model.model.layers[0].mlp.up_proj.weight
+    start = w.detach().float().clone()
+    for _ in range(3):
+        train_step(model, batch, opt, 1e-5)
+    master = opt.master_of(w)
+    assert master.dtype == torch.float32 and w.dtype == torch.bfloat16
+    assert torch.equal(master.to(torch.bfloat16), w.detach())  # the weights are the rounded masters
+    assert not torch.equal(master, start)  # updates of 1e-5 move the master, below bf16's resolution
+    sd = opt.state_dict()
+    assert {v.dtype for s in sd["state"].values() for k, v in s.items() if k != "step"} == {torch.float32}
+    assert all(p.grad is None for p in model.parameters())  # bf16 gradients freed by the step
+    fp16 = tiny_model("tiny-llama").to(torch.float16)
+    opt16 = make_optimizer(fp16, 1e-3)
+    assert opt16.loss_scale == 2.0**16 and train_step(fp16, batch, opt16, 1e-3) == pytest.approx(
+        train_step(tiny_model("tiny-llama"), batch, make_optimizer(tiny_model("tiny-llama"), 1e-3), 1e-3), rel=1e-2)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_bf16_accel_trains_resumes_exactly_and_saves_bf16(tmp_path, mode):
+    def go(name, **kw):
+        model, tok, examples, cfg = _bf16(accel_case(tmp_path / "t.txt", mode=mode))
+        return run_accel(model, tok, examples, cfg, checkpoint_dir=tmp_path / name, progress=False, **kw)
+
+    full, _, full_log = go("full")
+    assert {p.dtype for p in full.parameters()} == {torch.bfloat16}
+    assert count_params(full) <= 100_000
+    losses = [e["loss"] for e in full_log if e["phase"] == 1]
+    assert losses[-1] < losses[0]  # the loss goes down within a phase
+    assert _weight_dtypes(tmp_path / "full" / "last") == {"BF16"}
+    with pytest.raises(Interrupted):
+        go("cut", stop_after=len(full_log) - 2)
+    if mode == "full":
+        assert "F32" in _weight_dtypes_of(tmp_path / "cut" / "last" / "optimizer.safetensors")  # fp32 masters
+    resumed, _, log = go("cut", resume=True)
+    assert [e["loss"] for e in log] == [e["loss"] for e in full_log]
+    for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert a.dtype == b.dtype == torch.bfloat16 and torch.equal(a, b), n
+
+
+def _weight_dtypes_of(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as st:
+        return {str(st.get_slice(k).get_dtype()) for k in st.keys()}
+
+
+def test_bf16_carry_slices_the_master_weights(tmp_path):
+    from llmsculpt.plan import Plan
+    from llmsculpt.structures.shapes import architecture
+    from llmsculpt.surgery import apply_plan
+    from llmsculpt.testing import tiny_model
+    from llmsculpt.train.optim_carry import MomentShadows
+    from llmsculpt.train.trainer import make_optimizer
+
+    model = tiny_model("tiny-llama").to(torch.bfloat16)
+    opt = make_optimizer(model, 1e-4)
+    ids = torch.randint(4, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    for _ in range(2):
+        train_step(model, batch, opt, 1e-4)
+    down = model.model.layers[0].mlp.down_proj.weight
+    before = opt.master_of(down).clone()
+    plan = Plan.keep_all(architecture(model))
+    plan.layers[0].mlp = list(range(10, 96))
+    shadows = MomentShadows(model, opt)
+    apply_plan(model, plan)
+    new = make_optimizer(model, 1e-4)
+    assert shadows.carry(plan, model, new) == len(list(model.parameters()))
+    carried = new.master_of(model.model.layers[0].mlp.down_proj.weight)
+    assert torch.equal(carried, before[:, 10:96])  # the fp32 master, not the bf16 weight, carried
+    train_step(model, batch, new, 1e-4)  # and usable
+
+
+def test_bf16_carried_accel_run_resumes_exactly(tmp_path):
+    def go(name, **kw):
+        model, tok, examples, cfg = _bf16(accel_case(tmp_path / "t.txt", optimizer_state="carry"))
+        return run_accel(model, tok, examples, cfg, checkpoint_dir=tmp_path / name, progress=False, **kw)
+
+    full, _, full_log = go("full")
+    with pytest.raises(Interrupted):
+        go("cut", stop_after=4)
+    resumed, _, log = go("cut", resume=True)
+    assert [e["loss"] for e in log] == [e["loss"] for e in full_log]
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_bf16_pretrain_prune_trains_resumes_exactly_and_saves_bf16(tmp_path):
+    from llmsculpt.run import pretrain_prune
+
+    from _runs import pretrain_case
+
+    (tmp_path / "t.txt").write_text(TEXT)
+    text, _ = load_examples(tmp_path / "t.txt", tiny_tokenizer(), fmt="text", seq_len=32)
+
+    def go(name, dtype=torch.bfloat16, **kw):
+        model, tok, _, cfg = pretrain_case(lr=3e-3, continue_steps=6)
+        return pretrain_prune(model.to(dtype), tok, text, cfg, checkpoint_dir=tmp_path / name, checkpoint_every=2,
+                              progress=False, **kw)
+
+    full, _, full_log = go("full")
+    assert {p.dtype for p in full.parameters()} == {torch.bfloat16} and count_params(full) <= 105_000
+    assert _weight_dtypes(tmp_path / "full" / "last") == {"BF16"}
+    train = [e["loss"] for e in full_log if e["type"] == "train"]
+    assert train[-1] < train[0] - 1.0  # learns the repeated text
+    _, _, fp32_log = go("fp32", torch.float32)  # and follows the fp32 run (bf16 forward: ~1 % here)
+    assert [e["type"] for e in fp32_log] == [e["type"] for e in full_log]
+    assert [e["loss"] for e in full_log] == pytest.approx([e["loss"] for e in fp32_log], rel=0.08)
+    with pytest.raises(Interrupted):
+        go("cut", stop_after=len(full_log) - 3)
+    resumed, _, log = go("cut", resume=True)
+    assert [e["loss"] for e in log] == [e["loss"] for e in full_log]
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_bf16_finetune_lowers_the_loss_and_saves_bf16(tmp_path, lora):
+    from llmsculpt.io.save import write_model_files
+    from llmsculpt.testing import tiny_model
+    from llmsculpt.train.finetune import finetune
+
+    from _runs import token_blocks
+
+    model = tiny_model("tiny-llama").to(torch.bfloat16)
+    trained, log = finetune(model, tiny_tokenizer(), token_blocks(8), epochs=4, batch_size=4, lr=5e-3, lora=lora,
+                            gradient_checkpointing=True, progress=False)
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert {p.dtype for p in trained.parameters()} == {torch.bfloat16}
+    assert not trained.is_activation_checkpointing and not any("lora" in n for n, _ in trained.named_parameters())
+    write_model_files(trained, tiny_tokenizer(), tmp_path)
+    assert _weight_dtypes(tmp_path) == {"BF16"}
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_accumulated_micro_batches_equal_one_batch(checkpointing):
+    from llmsculpt.testing import tiny_model
+    from llmsculpt.train.data import Example
+    from llmsculpt.train.finetune import finetune
+
+    g = torch.Generator().manual_seed(3)  # uneven lengths and label counts: the token weighting matters
+    examples = [Example(t.tolist(), [IGNORE] * (i % 3) + t.tolist()[i % 3:])
+                for i, t in enumerate(torch.randint(4, 128, (8, 24), generator=g))]
+    examples += [Example(e.input_ids[:12], e.labels[:12]) for e in examples[:4]]
+    runs = []
+    for batch_size, accum in ((4, 1), (2, 2)):
+        model, log = finetune(tiny_model("tiny-llama"), tiny_tokenizer(), examples, epochs=2, batch_size=batch_size,
+                              grad_accum=accum, lora=False, lr=1e-3, progress=False,
+                              gradient_checkpointing=checkpointing and accum > 1)
+        runs.append((model, log))
+    (a, log_a), (b, log_b) = runs
+    assert len(log_a) == len(log_b) == 6
+    assert [e["loss"] for e in log_a] == pytest.approx([e["loss"] for e in log_b], rel=1e-5)
+    for (n, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(x, y, atol=2e-5), n
+
+
+def test_process_device_from_the_launchers_environment(monkeypatch):
+    from llmsculpt.run.processes import Processes, process_device
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert process_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert process_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    if not torch.cuda.is_available():
+        assert process_device() == torch.device("cpu")
+        with pytest.raises(SculptError, match="CUDA is not available"):
+            process_device("cuda")
+    assert process_device(shard=True) == torch.device("cpu")  # the FSDP main process's host copy
+    with pytest.raises(SculptError, match="each on its own GPU"):
+        process_device("cuda:0")
+    monkeypatch.delenv("WORLD_SIZE")
+    from llmsculpt.testing import tiny_model
+
+    model = tiny_model("tiny-llama")
+    assert Processes().place(model) is model  # already where it belongs: not moved
+
+
+def test_gradient_checkpointing_keeps_fewer_activations():
+    from llmsculpt.testing import tiny_model
+    from llmsculpt.train.finetune import _checkpointing
+
+    ids = torch.randint(4, 128, (4, 64), generator=torch.Generator().manual_seed(0))
+    saved = {}
+    for on in (False, True):
+        model = tiny_model("tiny-llama").train()
+        if on:
+            _checkpointing(model, True)
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.nbytes) or t, lambda t: t):
+            model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        saved[on] = sum(sizes)
+        if on:
+            _checkpointing(model, False)
+            assert not model.is_activation_checkpointing
+    assert saved[True] < saved[False] / 4  # only each layer's input is kept; the rest is recomputed
+
+
+def test_mixed_adamw_steps_the_master_like_torchs_adamw(monkeypatch):
+    import llmsculpt.train.mixed as mixed
+
+    monkeypatch.setattr(mixed, "CHUNK", 7)  # several row chunks per matrix
+    g = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, 5, generator=g).to(torch.bfloat16))
+    b = torch.nn.Parameter(torch.randn(5, generator=g).to(torch.bfloat16))
+    ref = [torch.nn.Parameter(t.detach().float()) for t in (w, b)]
+    opt = mixed.MixedAdamW([w, b], lr=1e-2, weight_decay=0.1)
+    torch_opt = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        for p, r in zip((w, b), ref):
+            p.grad = torch.randn(p.shape, generator=g).to(torch.bfloat16)
+            r.grad = p.grad.float()
+        opt.clip_grad_norm_(1e9)
+        opt.step()
+        torch_opt.step()
+    for p, r in zip((w, b), ref):
+        assert torch.allclose(opt.master_of(p), r, rtol=1e-6, atol=1e-7)
+        assert torch.equal(p.detach(), r.detach().to(torch.bfloat16))
+    assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], torch_opt.state_dict()["state"][0]["exp_avg"])

@@ -1,11 +1,12 @@
 """Run by tests/test_distributed.py under ``torchrun --nproc_per_node 2``: an uninterrupted
 Adapt-Accel run, then one killed mid-phase and resumed.
 
-``accel_two_processes.py OUT [ddp|fsdp|fsdp-carry|ddp-flap]``: data-parallel (every process saves its
-final weights), sharded (the main process saves them; the others report that they hold none),
-sharded with AdamW moments carried across pruning and distillation from the original model, or
-data-parallel with FLAP (whose plans add biases and update them: the others apply its shapes and
-receive its values), uninterrupted only."""
+``accel_two_processes.py OUT [ddp|fsdp|fsdp-carry|fsdp-bf16|ddp-flap]``: data-parallel (every process
+saves its final weights), sharded (the main process saves them; the others report that they hold
+none), sharded with AdamW moments carried across pruning and distillation from the original model,
+sharded in bf16 (fp32 master weights inside the sharded optimiser, carried too), or data-parallel
+with FLAP (whose plans add biases and update them: the others apply its shapes and receive its
+values), uninterrupted only."""
 
 import shutil
 import sys
@@ -24,13 +25,15 @@ out = Path(sys.argv[1])
 variant = sys.argv[2] if len(sys.argv) > 2 else "ddp"
 shard = variant.startswith("fsdp")
 overrides = {"fsdp-carry": {"optimizer_state": "carry", "distill": True},
+             "fsdp-bf16": {"optimizer_state": "carry"},
              "ddp-flap": {"prune_method": "flap"}}.get(variant, {})
 procs = Processes()
 rank = procs.rank
 
 
 def case():
-    return accel_case(out / f"data-{rank}.txt", **overrides)  # one file per process: accel_case writes it
+    model, *rest = accel_case(out / f"data-{rank}.txt", **overrides)  # one file per process: accel_case writes it
+    return (model.to(torch.bfloat16) if variant.endswith("bf16") else model, *rest)
 
 
 def saved(model) -> dict:

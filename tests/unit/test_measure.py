@@ -118,3 +118,20 @@ def test_local_engine_decides_and_agrees_with_itself(tiny1):
     engine = LocalEngine()
     plan = Plan.keep_all(architecture(tiny1))
     assert engine.decides and engine.agree(plan) is plan
+
+
+@pytest.mark.parametrize("metric", ["taylor", "taylor_vector", "fisher", "taylor_mix"])
+def test_scores_reduced_while_gradients_flow_equal_scores_of_whole_gradients(tiny1, ids, metric):
+    from llmsculpt.importance.groups import GroupReducer, score_groups
+
+    m = get_metric(metric)
+    needs = Needs.for_metric(m)
+    whole = LocalEngine(micro_batch=2).measure(tiny1, ids, needs)
+    dense = score_groups(tiny1, whole, m)
+    streamed = LocalEngine(micro_batch=2).measure(tiny1, ids, needs, reducer=GroupReducer(tiny1, [m]))
+    assert not streamed.grad and not streamed.grad_sq and streamed.reduced  # no whole gradient kept
+    assert all(p.grad is None for p in tiny1.parameters())
+    got = score_groups(tiny1, streamed, m)
+    for a, b in zip(got.layers, dense.layers):
+        for part in ("heads", "kv", "mlp"):
+            assert torch.equal(getattr(a, part), getattr(b, part)), (metric, part)

@@ -49,20 +49,17 @@ def recipe(cls: type[R], config: R | None, model, fields: dict) -> R:
     return config.with_overrides(**fields)
 
 
-def model_and_tokenizer(model, tokenizer, cfg: Recipe, *, device=None, training: str | None = None):
+def model_and_tokenizer(model, tokenizer, cfg: Recipe, *, device=None, shard: bool = False):
     """(model, tokenizer, loaded here?) for the verb: a module passed by the caller needs its tokenizer;
-    anything else is loaded from ``cfg.model`` in ``cfg.dtype`` (float32 only for a ``training`` command)."""
+    anything else is loaded from ``cfg.model`` in ``cfg.dtype`` onto this process's device (under
+    torchrun/accelerate each process its own; a sharded run's host copy on the CPU)."""
     if isinstance(model, nn.Module):
         if tokenizer is None:
             raise SculptError("pass the tokenizer along with a model object")
         return model, tokenizer, False
-    dtype = getattr(cfg, "dtype", "float32")
-    if training:
-        from llmsculpt.models.placement import refuse_low_precision_training, source_dtype
+    from llmsculpt.run.processes import process_device
 
-        dtype = source_dtype(cfg.model, dtype)
-        refuse_low_precision_training(dtype, training)
-    loaded = _load(cfg.model, dtype=dtype, device=device)
+    loaded = _load(cfg.model, dtype=getattr(cfg, "dtype", "float32"), device=process_device(device, shard=shard))
     return loaded.model, loaded.tokenizer, True
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llmsculpt.api._budget import fit_or_refuse
 from llmsculpt.api._common import RECIPE_FILE, check_out_dir, is_main, model_and_tokenizer, recipe
 from llmsculpt.config import DataConfig, PruneConfig
 from llmsculpt.errors import SculptError
@@ -85,10 +86,11 @@ def prune(
     """Prune ``model`` (a name/path to load, or a loaded module + ``tokenizer``) to a target size.
 
     ``fields`` are PruneConfig fields laid over ``config`` (ratio, target_params, method, metric,
-    seed, dtype, options, and the calibration data's calib, n_samples, seq_len). A model object passed
-    here is not modified unless ``inplace``; ``dry_run`` plans and reports (params after from the
-    plan) without surgery on the model and without writing. ``eval_text``, if given, is scored before
-    and after (at most ``eval_windows`` windows of ``seq_len`` tokens). ``out``: save there (model,
+    seed, dtype, budget, options, and the calibration data's calib, n_samples, seq_len). With a
+    ``budget`` ("24GB"; on CUDA the free memory), a run predicted not to fit is refused before loading.
+    A model object passed here is not modified unless ``inplace``; ``dry_run`` plans and reports
+    (params after from the plan) without surgery on the model and without writing. ``eval_text``, if
+    given, is scored before and after (at most ``eval_windows`` windows of ``seq_len`` tokens). ``out``: save there (model,
     plan, report, recipe.yaml), on the main process only.
 
     Example:
@@ -100,6 +102,9 @@ def prune(
     cfg.check_options()  # unknown method or option: before anything is loaded
     if out is not None and not dry_run:
         check_out_dir(out, overwrite)
+    micro_batch = fit_or_refuse(model if isinstance(model, nn.Module) else cfg.model, method=cfg.method,
+                                dtype=cfg.dtype, n_samples=cfg.data.n_samples, seq_len=cfg.data.seq_len,
+                                budget=cfg.budget, device=device, command="this prune")
     model, tokenizer, loaded_here = model_and_tokenizer(model, tokenizer, cfg, device=device)
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and cfg.data.seq_len > context:
@@ -117,7 +122,7 @@ def prune(
     ppl_before = _ppl(model, tokenizer, eval_text, cfg.data.seq_len, eval_windows) if score else None
     t0 = time.perf_counter()
     pruned, result = _plan_and_apply(model, tokenizer, cfg, calib, progress=progress, dry_run=dry_run,
-                                     inplace=inplace or loaded_here)
+                                     inplace=inplace or loaded_here, micro_batch=micro_batch)
     seconds = time.perf_counter() - t0
     after = result.plan.resulting(source).param_count() if dry_run else count_params(pruned)
     report = {
@@ -140,12 +145,15 @@ def prune(
     return outcome
 
 
-def _plan_and_apply(model, tokenizer, cfg: PruneConfig, calib, *, progress: bool, dry_run: bool, inplace: bool):
-    """(pruned model or None for a dry run, PruneResult) through the planners (llmsculpt.methods)."""
+def _plan_and_apply(model, tokenizer, cfg: PruneConfig, calib, *, progress: bool, dry_run: bool, inplace: bool,
+                    micro_batch: int | None = None):
+    """(pruned model or None for a dry run, PruneResult) through the planners (llmsculpt.methods);
+    ``micro_batch``: the samples per measuring pass that fit the budget (None: the engine's choice)."""
+    from llmsculpt.measure import LocalEngine
     from llmsculpt.methods import PruneContext, get_method, prune_model
 
     ctx = PruneContext(model=model, tokenizer=tokenizer, config=cfg, calibration=calib, progress=progress,
-                       inplace=inplace and not dry_run)
+                       inplace=inplace and not dry_run, engine=LocalEngine(micro_batch=micro_batch))
     if dry_run:
         return None, get_method(cfg.method).plan(ctx)
     return prune_model(ctx)

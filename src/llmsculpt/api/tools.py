@@ -66,20 +66,33 @@ class Inspection:
         return {"architecture": self.architecture.to_dict(), "params": self.params, "report": self.report}
 
 
-def inspect(model: str | os.PathLike, *, dtype: str | torch.dtype | None = "float32", device=None) -> Inspection:
+def inspect(model: str | os.PathLike, *, dtype: str | torch.dtype | None = None, device=None) -> Inspection:
     """Per-layer heads, K/V heads, MLP widths and parameters of a model, and its ``sculpt_report.json``.
+
+    No weight is read: a directory's shapes come from ``config.json`` (the model is built on the meta
+    device) checked against its safetensors headers; a GGUF file's from its metadata. ``dtype`` and
+    ``device`` are accepted for symmetry with the other verbs and change nothing.
 
     Example:
         >>> inspect("tiny-llama").params > 0
         True
     """
     from llmsculpt.io.files import read_json
-    from llmsculpt.models.loading import load
+    from llmsculpt.io.headers import gguf_architecture, safetensors_shapes
+    from llmsculpt.models.decilm.loader import is_nas_export
+    from llmsculpt.models.loading import resolve_source
+    from llmsculpt.models.meta import check_weight_shapes, meta_model
 
-    loaded = load(model, dtype=dtype, device="cpu" if device in (None, "auto") else device)
-    report_path = Path(model) / "sculpt_report.json"
-    report = read_json(report_path, what="report") if report_path.is_file() else {}
-    arch = architecture(loaded.model)
+    kind, where = resolve_source(model)
+    report_path = Path(where) / "sculpt_report.json"
+    report = read_json(report_path, what="report") if kind == "dir" and report_path.is_file() else {}
+    if kind == "gguf":
+        arch = gguf_architecture(where)
+    else:
+        built = meta_model(model)
+        if kind == "dir" and not is_nas_export(where):  # a vLLM export's weights are padded: shapes differ by design
+            check_weight_shapes(built, safetensors_shapes(where), where=where)
+        arch = architecture(built)
     return Inspection(source=os.fspath(model), architecture=arch, params=arch.param_count(), report=report)
 
 

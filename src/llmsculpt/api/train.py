@@ -14,10 +14,12 @@ from pathlib import Path
 
 from torch import nn
 
+from llmsculpt.api._budget import fit_or_refuse
 from llmsculpt.api._common import (RECIPE_FILE, TrainOutcome, check_out_dir, has_matplotlib, is_main,
                                    model_and_tokenizer, note_single_process_fsdp, recipe)
 from llmsculpt.config import AccelConfig, FinetuneConfig, PretrainPruneConfig, PruneConfig
 from llmsculpt.errors import SculptError
+from llmsculpt.eval.memory_estimate import Training
 from llmsculpt.structures.shapes import architecture, count_params
 
 
@@ -60,7 +62,11 @@ def accel(model: str | os.PathLike | nn.Module | None = None, *, config: AccelCo
     _need_data(cfg)
     check_out_dir(out, overwrite)
     note_single_process_fsdp(fsdp)
-    model, tokenizer, _ = model_and_tokenizer(model, tokenizer, cfg, device=device, training="sculpt accel")
+    fit_or_refuse(model if isinstance(model, nn.Module) else cfg.model, method=cfg.prune_method, dtype=cfg.dtype,
+                  n_samples=cfg.calib_samples, seq_len=cfg.calib_len, budget=cfg.budget, device=device,
+                  command="this accel run", training=Training(cfg.batch_size, cfg.seq_len, full=cfg.mode == "full",
+                                                             teacher=cfg.distill))
+    model, tokenizer, _ = model_and_tokenizer(model, tokenizer, cfg, device=device, shard=fsdp)
     before = count_params(model)
     cfg = cfg.resolved(before)
     examples, bad = _examples(cfg, tokenizer, cfg.format, cfg.skip_bad)
@@ -104,7 +110,11 @@ def pretrain_prune(model: str | os.PathLike | nn.Module | None = None, *, config
     _need_data(cfg)
     check_out_dir(out, overwrite)
     note_single_process_fsdp(fsdp)
-    model, tokenizer, _ = model_and_tokenizer(model, tokenizer, cfg, device=device, training="sculpt pretrain-prune")
+    fit_or_refuse(model if isinstance(model, nn.Module) else cfg.model, method="uniform", dtype=cfg.dtype,
+                  n_samples=cfg.batch_size, seq_len=cfg.seq_len, budget=cfg.budget, device=device,
+                  command="this pretrain-prune run", training=Training(cfg.batch_size, cfg.seq_len),
+                  label="saliency steps and training")
+    model, tokenizer, _ = model_and_tokenizer(model, tokenizer, cfg, device=device, shard=fsdp)
     examples, _ = _examples(cfg, tokenizer)
     before, source = count_params(model), architecture(model)
     model, plan, log = run_pretrain_prune(model, tokenizer, examples, cfg, checkpoint_dir=_checkpoint_dir(out),
@@ -145,7 +155,7 @@ def finetune(model: str | os.PathLike | nn.Module | None = None, *, config: Fine
     cfg = recipe(FinetuneConfig, config, model, fields)
     _need_data(cfg)
     check_out_dir(out, overwrite)
-    model, tokenizer, _ = model_and_tokenizer(model, tokenizer, cfg, device=device, training="sculpt finetune")
+    model, tokenizer, _ = model_and_tokenizer(model, tokenizer, cfg, device=device)
     examples, bad = _examples(cfg, tokenizer, cfg.format, cfg.skip_bad)
     src = Path(str(cfg.model)) if cfg.model else None  # what the output carries over, read before any training
     plan = Plan.load(src / "plan.json") if src and (src / "plan.json").is_file() else None
@@ -154,7 +164,8 @@ def finetune(model: str | os.PathLike | nn.Module | None = None, *, config: Fine
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr / 10
     model, log = run_finetune(model, tokenizer, examples, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                               min_lr=min_lr, lora=cfg.mode == "lora", lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                              seed=cfg.seed, progress=progress)
+                              seed=cfg.seed, progress=progress, grad_accum=cfg.grad_accum,
+                              gradient_checkpointing=cfg.gradient_checkpointing)
     report = {**prior, "finetune": {"mode": cfg.mode, "epochs": cfg.epochs, "lr": cfg.lr, "skipped": bad, "log": log,
                                     "recipe": cfg.to_dict()}}
     outcome = TrainOutcome(model, tokenizer, plan, report, log, cfg)

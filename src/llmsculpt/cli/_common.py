@@ -33,6 +33,13 @@ def add_placement_arguments(p: argparse.ArgumentParser, *, dtype: bool = True) -
     p.add_argument("--device", default="auto", help=f"where the model runs: {DEVICE_HELP}")
 
 
+def add_budget_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", default=None, metavar="SIZE",
+                   help="memory per device, e.g. 24GB: a run predicted not to fit (sculpt estimate) is refused before "
+                        "loading, and the measuring passes use a micro-batch that fits (default: none on CPU; on CUDA "
+                        "the device's free memory)")
+
+
 def add_output_arguments(p: argparse.ArgumentParser, *, resume: bool = False) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")

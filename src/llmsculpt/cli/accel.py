@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import argparse
 
-from llmsculpt.cli._common import (add_config_argument, add_fsdp_argument, add_model_argument, add_output_arguments,
-                                   add_placement_arguments, recipe_from_args)
+from llmsculpt.cli._common import (add_budget_argument, add_config_argument, add_fsdp_argument, add_model_argument,
+                                   add_output_arguments, add_placement_arguments, recipe_from_args)
 
 # flag -> recipe field (AccelConfig), all None unless given, so a --config file's values stand
 FIELDS = ("model", "target_params", "ratio", "data", "format", "skip_bad", "phases", "data_allocation", "seq_len",
           "batch_size", "lr", "min_lr", "schedule", "mode", "distill", "temperature", "prune_steps",
-          "checkpoint_every", "optimizer_state", "seed", "round_to", "dtype")
+          "checkpoint_every", "optimizer_state", "seed", "round_to", "dtype", "budget")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     add_placement_arguments(p)
+    add_budget_argument(p)
     add_config_argument(p)
     target = p.add_mutually_exclusive_group()
     target.add_argument("--target-params", default=None, help="parameter count to reach, e.g. 90M")

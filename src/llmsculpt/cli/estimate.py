@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llmsculpt.cli._common import emit_json
-    from llmsculpt.eval.memory_estimate import estimate, parse_bytes
+    from llmsculpt.config import parse_bytes
+    from llmsculpt.eval.memory_estimate import estimate
 
     budget = parse_bytes(args.budget) if args.budget else None
     device = "cuda" if args.device.startswith("cuda") else "cpu"

@@ -24,6 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="q8_0: keep matrices whose row width is not a multiple of 32 in f16 (with a warning) "
                         "instead of refusing; re-pruning with --round-to 32 avoids them")
     p.add_argument("--overwrite", action="store_true")
+    from llmsculpt.models.placement import DEVICE_HELP
+
+    p.add_argument("--device", default="cpu", help=f"where the model is loaded to be written: {DEVICE_HELP} "
+                                                   "(default cpu: the files are written from host memory)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
                            allow_mixed=args.allow_mixed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MixedQuantWarning)
-        line = export(config=cfg, out=args.out, overwrite=args.overwrite)
+        line = export(config=cfg, out=args.out, overwrite=args.overwrite, device=args.device)
     for w in caught:  # ours as one plain line; anything else as Python would have shown it
         if issubclass(w.category, MixedQuantWarning):
             print(f"sculpt export: warning: {w.message}", file=sys.stderr)

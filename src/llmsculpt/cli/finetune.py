@@ -8,7 +8,7 @@ from llmsculpt.cli._common import (add_config_argument, add_model_argument, add_
                                    add_placement_arguments, recipe_from_args)
 
 FIELDS = ("model", "data", "format", "skip_bad", "mode", "lora_r", "lora_alpha", "epochs", "lr", "min_lr",
-          "batch_size", "seq_len", "seed", "dtype")
+          "batch_size", "grad_accum", "gradient_checkpointing", "seq_len", "seed", "dtype")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="default 1e-4")
     p.add_argument("--min-lr", type=float, default=None, help="default: lr / 10")
     p.add_argument("--batch-size", type=int, default=None, help="default 4")
+    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimisation step (default 1)")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="recompute activations in backward: less memory, ~30%% more compute")
     p.add_argument("--seq-len", type=int, default=None, help="default 256")
     p.add_argument("--seed", type=int, default=None)
     add_output_arguments(p)

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import argparse
 
-from llmsculpt.cli._common import (add_config_argument, add_fsdp_argument, add_model_argument, add_output_arguments,
-                                   add_placement_arguments, recipe_from_args)
+from llmsculpt.cli._common import (add_budget_argument, add_config_argument, add_fsdp_argument, add_model_argument,
+                                   add_output_arguments, add_placement_arguments, recipe_from_args)
 
 FIELDS = ("model", "target_params", "data", "cycle", "quantum", "metric", "types", "fixed_order", "obs", "seq_len",
-          "batch_size", "lr", "min_lr", "continue_steps", "seed", "round_to", "checkpoint_every", "dtype")
+          "batch_size", "lr", "min_lr", "continue_steps", "seed", "round_to", "checkpoint_every", "dtype", "budget")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     add_placement_arguments(p)
+    add_budget_argument(p)
     add_config_argument(p)
     p.add_argument("--target-params", default=None, help="parameter budget, e.g. 60M")
     p.add_argument("--data", default=None, help="plain-text corpus")

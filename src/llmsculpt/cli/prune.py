@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from llmsculpt.cli._common import (add_config_argument, add_model_argument, add_placement_arguments, emit_json,
-                                   recipe_from_args)
+from llmsculpt.cli._common import (add_budget_argument, add_config_argument, add_model_argument,
+                                   add_placement_arguments, emit_json, recipe_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     add_placement_arguments(p)
+    add_budget_argument(p)
     add_config_argument(p)
     target = p.add_mutually_exclusive_group()
     target.add_argument("--ratio", type=float, default=None, help="fraction of all parameters to remove (default 0.2)")
@@ -52,7 +53,7 @@ def build_config(args: argparse.Namespace):
     from llmsculpt.errors import SculptError
 
     names = ("model", "ratio", "target_params", "method", "metric", "aggregation", "layers", "attn_unit", "split",
-             "seed", "round_to", "dtype", "attention", "mlp", "calib", "n_samples", "seq_len")
+             "seed", "round_to", "dtype", "budget", "attention", "mlp", "calib", "n_samples", "seq_len")
     cfg = recipe_from_args(PruneConfig, args, **{n: getattr(args, n) for n in names})
     options = {}
     for item in args.option:

@@ -10,13 +10,14 @@ beside its command's output as ``recipe.yaml``. Example:
     (3, 0.3)
 """
 
-from llmsculpt.config.base import Recipe, check_ratio, check_round_to, parse_count, parse_layers
+from llmsculpt.config.base import (Recipe, check_budget, check_ratio, check_round_to, parse_bytes, parse_count,
+                                   parse_layers)
 from llmsculpt.config.prune import DataConfig, PruneConfig, SearchConfig
 from llmsculpt.config.tools import EvalConfig, ExportConfig
 from llmsculpt.config.train import MINI_GROUP_TYPES, AccelConfig, FinetuneConfig, PretrainPruneConfig
 
 __all__ = [
     "MINI_GROUP_TYPES", "AccelConfig", "DataConfig", "EvalConfig", "ExportConfig", "FinetuneConfig",
-    "PretrainPruneConfig", "PruneConfig", "Recipe", "SearchConfig", "check_ratio", "check_round_to", "parse_count",
-    "parse_layers",
+    "PretrainPruneConfig", "PruneConfig", "Recipe", "SearchConfig", "check_budget", "check_ratio", "check_round_to",
+    "parse_bytes", "parse_count", "parse_layers",
 ]

@@ -52,6 +52,28 @@ def parse_layers(value: str | list | None, n_layers: int | None = None) -> tuple
     return tuple(out)
 
 
+def parse_bytes(text: str | int) -> int:
+    """'48GB', '48G', '24GiB', '500MB' or a plain number of bytes."""
+    import re
+
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    m = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)(i?b?)\s*", str(text).lower())
+    if not m:
+        raise SculptError(f"cannot read a memory size from {text!r}; write e.g. 48GB or 24GiB")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group(2)]
+    if m.group(3).startswith("i"):
+        scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2)]
+    return int(float(m.group(1)) * scale)
+
+
+def check_budget(value: str | int | None) -> str | int | None:
+    """A memory budget ("24GB") as given, once it reads as one (None: no budget)."""
+    if value not in (None, ""):
+        parse_bytes(value)
+    return value
+
+
 def check_round_to(value) -> int:
     """``round_to`` as given, if it is a positive integer (1: no rounding); else a one-line error."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

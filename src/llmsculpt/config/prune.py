@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmsculpt.config.base import Recipe, check_ratio, check_round_to, parse_count
+from llmsculpt.config.base import Recipe, check_budget, check_ratio, check_round_to, parse_count
 from llmsculpt.errors import SculptError
 
 
@@ -56,6 +56,7 @@ class PruneConfig(Recipe):
     # kept MLP widths and query heads × head_dim are multiples of this (allocation/rounding.py); 1: any
     round_to: int = 1
     dtype: str = "float32"  # precision of the weights throughout: float32, bfloat16, float16, auto
+    budget: str | int | None = None  # memory per device, e.g. "24GB": a run predicted not to fit is refused up front
     data: DataConfig = field(default_factory=DataConfig)
     options: dict = field(default_factory=dict)
 
@@ -69,6 +70,7 @@ class PruneConfig(Recipe):
         if self.attn_unit not in ("kv", "head"):
             raise SculptError(f"attn_unit must be 'kv' or 'head', got {self.attn_unit!r}")
         check_round_to(self.round_to)
+        check_budget(self.budget)
 
     def removal_target(self, original_params: int) -> int:
         """Number of parameters to remove from a model of ``original_params``."""

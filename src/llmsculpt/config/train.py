@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from llmsculpt.config.base import Recipe, check_ratio, check_round_to, parse_count
+from llmsculpt.config.base import Recipe, check_budget, check_ratio, check_round_to, parse_count
 from llmsculpt.errors import SculptError
 
 # mini-group types of pruning-aware training (EfficientLLM)
@@ -61,6 +61,7 @@ class AccelConfig(Recipe):
     seed: int = 0
     round_to: int = 1  # every phase's plan keeps MLP widths and query heads × head_dim multiples of this
     dtype: str = "float32"
+    budget: str | int | None = None  # memory per device, e.g. "24GB": a run predicted not to fit is refused up front
 
     def __post_init__(self):
         self.target_params = parse_count(self.target_params)
@@ -77,6 +78,7 @@ class AccelConfig(Recipe):
         if self.batch_size < 1 or self.phases < 1:
             raise SculptError("batch size and phases must be >= 1")
         check_round_to(self.round_to)
+        check_budget(self.budget)
 
     def resolved(self, original_params: int) -> "AccelConfig":
         """The recipe with ``ratio`` turned into the ``target_params`` of a model of ``original_params``."""
@@ -117,6 +119,7 @@ class PretrainPruneConfig(Recipe):
     seq_len: int = 256
     checkpoint_every: int = 50  # steps between checkpoints in <out>.ckpt/
     dtype: str = "float32"
+    budget: str | int | None = None  # memory per device, e.g. "24GB": a run predicted not to fit is refused up front
 
     def __post_init__(self):
         self.target_params = parse_count(self.target_params)
@@ -138,6 +141,7 @@ class PretrainPruneConfig(Recipe):
         if bad:
             raise SculptError(f"unknown mini-group types {sorted(bad)}; choose from {', '.join(MINI_GROUP_TYPES)}")
         check_round_to(self.round_to)
+        check_budget(self.budget)
 
 
 @dataclass
@@ -162,11 +166,15 @@ class FinetuneConfig(Recipe):
     lr: float = 1e-4
     min_lr: float | None = None  # None: lr / 10
     batch_size: int = 4
+    grad_accum: int = 1  # micro-batches of batch_size per optimisation step
+    gradient_checkpointing: bool = False  # recompute decoder activations in backward (less memory)
     seq_len: int = 256
     seed: int = 0
     dtype: str = "float32"
 
     def __post_init__(self):
+        if self.grad_accum < 1:
+            raise SculptError(f"grad_accum must be >= 1, got {self.grad_accum}")
         if self.mode not in ("lora", "full"):
             raise SculptError(f"mode must be lora or full, got {self.mode!r}")
         _check_data_format(self.format)

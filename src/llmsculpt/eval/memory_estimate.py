@@ -7,10 +7,16 @@ What a pass holds at its peak (see measure/local.py and eval/chunked_loss.py):
 - ``weights``: parameters × bytes of the working dtype, split over ``devices`` when sharded;
 - ``gradients`` (Taylor methods: adaptive, uniform, sample_aware): the scored parameters only, the
   decoder layers' Linear weights and biases, in the working dtype;
-- ``activations``: what autograd keeps for one micro-batch through every decoder layer (eager
+- ``activations``: what autograd keeps for one micro-batch: the gradient passes checkpoint the
+  decoder layers (each layer's input, plus one layer's full set while it is recomputed; eager
   attention keeps heads × seq probabilities per token); forward-only methods keep one layer's;
 - ``logits``: one chunk of ``CHUNK_ELEMENTS`` logits in the dtype, upcast to fp32, and its
-  log-softmax (never batch × seq × vocabulary).
+  log-softmax (never batch × seq × vocabulary);
+- for a training run (accel, pretrain-prune: :class:`Training`): gradients and AdamW moments of every
+  parameter, a whole batch's activations, a teacher copy when distilling.
+
+The micro-batch is the measuring engine's own choice unless a budget forces a smaller one
+(api/_budget.py, which also refuses, before loading, a run that cannot fit).
 
 Example:
     >>> e = estimate("tiny-llama", method="adaptive", dtype="bfloat16")
@@ -21,17 +27,29 @@ Example:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
-from torch import nn
 
 from llmsculpt.errors import SculptError
 
 RUNTIME_CPU = 750 * 2**20  # measured: a tiny-model prune peaks at 0.69–0.89 GB RSS on this CPU
-MICRO_BATCH = 4  # LocalEngine default
+FORWARD_MICRO_BATCH = 4  # LocalEngine's samples per forward pass
 GRAD_METHODS = frozenset({"adaptive", "uniform", "sample_aware"})
 FORWARD_METHODS = frozenset({"flap", "wanda-sp", "magnitude", "shortgpt"})
+ADAM_BYTES = 8  # AdamW's two fp32 moments per trained parameter
+MASTER_BYTES = 4  # the fp32 master copy of a bf16/fp16 trained parameter (train/mixed.py)
+
+
+@dataclass(frozen=True)
+class Training:
+    """The training part of a run (accel, pretrain-prune): fp32 weights, their gradients and AdamW
+    moments (``full``; LoRA trains next to nothing), activations of ``batch_size`` × ``seq_len``
+    tokens with every layer kept for the backward, and a frozen ``teacher`` copy when distilling."""
+
+    batch_size: int
+    seq_len: int
+    full: bool = True
+    teacher: bool = False
 
 
 @dataclass
@@ -48,41 +66,62 @@ class Estimate:
         return asdict(self)
 
 
-def meta_model(name) -> nn.Module:
-    """The model ``name`` names, with every tensor on the meta device (no weights read)."""
-    from transformers import AutoModelForCausalLM
+def _layer_bytes(arch, ls, tokens: int, seq_len: int, item: int, *, backward: bool) -> int:
+    """One decoder layer's working set for ``tokens`` tokens: with a backward, what autograd keeps
+    (inputs of every matmul, q/k/v and rotated, attention probabilities, MLP products, fp32 norms)."""
+    h, q, kv = arch.hidden, ls.n_heads * arch.head_dim, ls.n_kv * arch.head_dim
+    if backward:
+        values = 6 * h + 3 * q + 4 * kv + 5 * ls.mlp + 2 * ls.n_heads * seq_len
+        return tokens * (item * values + 4 * 4 * h)
+    return tokens * (item * (4 * h + 3 * ls.mlp + ls.n_heads * seq_len) + 4 * 2 * h)
 
-    from llmsculpt.models.loading import _convert_gguf_cached, _read_config, resolve_source
-    from llmsculpt.models.sculpt_modeling import SCULPT_CLASSES
+
+def _activation_bytes(arch, tokens: int, seq_len: int, item: int, *, backward: bool, checkpoint: bool = True) -> int:
+    """Activations of one micro-batch. A checkpointed backward (the measuring passes) keeps each
+    layer's input plus one layer's full set while it is recomputed; an unchecked one (training)
+    keeps every layer's full set; a forward pass one layer's working set."""
+    per_layer = [_layer_bytes(arch, ls, tokens, seq_len, item, backward=backward) for ls in arch.layers]
+    if not backward:
+        return max(per_layer, default=0)
+    if checkpoint:
+        return len(arch.layers) * tokens * arch.hidden * item + max(per_layer, default=0)
+    return sum(per_layer)
+
+
+def architecture_of(name):
+    """The architecture of ``name`` without reading a weight: a model object's own, a GGUF file's from
+    its metadata, anything else from its config on the meta device."""
+    from llmsculpt.structures.shapes import architecture
+
+    if isinstance(name, torch.nn.Module):
+        return architecture(name)
+    from llmsculpt.models.loading import resolve_source
 
     kind, where = resolve_source(name)
-    if kind == "tiny":
-        from llmsculpt.testing.tiny import tiny_model
+    if kind == "gguf":
+        from llmsculpt.io.headers import gguf_architecture
 
-        config = tiny_model(where).config
-    elif kind == "hub":
-        raise SculptError(f"estimate reads a local config.json; download {where!r} first (config only is enough)")
-    else:
-        config = _read_config(str(_convert_gguf_cached(Path(where)) if kind == "gguf" else where))
-    base = getattr(config, "sculpt_base_model_type", None)
-    with torch.device("meta"):
-        if base:
-            return SCULPT_CLASSES[base][1](config)
-        return AutoModelForCausalLM.from_config(config)
+        return gguf_architecture(where)
+    from llmsculpt.models.meta import meta_model
+
+    return architecture(meta_model(name))
 
 
-def _activation_bytes(arch, tokens: int, seq_len: int, item: int, *, backward: bool) -> int:
-    """Bytes autograd keeps per micro-batch (all layers), or one layer's working set (forward)."""
-    h = arch.hidden
-    per_layer = []
-    for ls in arch.layers:
-        q, kv = ls.n_heads * arch.head_dim, ls.n_kv * arch.head_dim
-        if backward:  # inputs of every matmul, q/k/v (and rotated), probabilities, MLP products, fp32 norms
-            values = 6 * h + 3 * q + 4 * kv + 5 * ls.mlp + 2 * ls.n_heads * seq_len
-            per_layer.append(tokens * (item * values + 4 * 4 * h))
-        else:
-            per_layer.append(tokens * (item * (4 * h + 3 * ls.mlp + ls.n_heads * seq_len) + 4 * 2 * h))
-    return sum(per_layer) if backward else max(per_layer, default=0)
+def scored_params(arch) -> int:
+    """Parameters the gradient passes score (measure.scored_parameters): every decoder Linear's
+    weight and bias, i.e. the decoder layers without their norms."""
+    norms = 2 * arch.hidden + (2 * arch.head_dim if arch.head_norms else 0)
+    return sum(arch.layer_params(ls) - norms for ls in arch.layers)
+
+
+def engine_micro_batch(method: str, n_samples: int, seq_len: int) -> int:
+    """The samples per pass LocalEngine chooses by itself (measure/local.py): a mean-gradient pass
+    takes up to ``GRAD_TOKENS`` tokens at once (checkpointed), a forward pass 4 samples."""
+    from llmsculpt.measure.local import GRAD_TOKENS
+
+    if method in GRAD_METHODS:
+        return max(1, min(n_samples, GRAD_TOKENS // seq_len))
+    return min(FORWARD_MICRO_BATCH, n_samples)
 
 
 def estimate(
@@ -95,12 +134,14 @@ def estimate(
     devices: int = 1,
     device: str = "cpu",
     budget: int | None = None,
+    micro_batch: int | None = None,
+    training: Training | None = None,
 ) -> Estimate:
-    """Predict the peak memory per device of ``method`` on the model ``name`` (config only)."""
+    """Predict the peak memory per device of ``method`` on the model ``name`` (a name or path: its
+    config only; or a model object), with ``micro_batch`` samples per pass (default: the engine's own
+    choice) and, for a training run, its ``training`` state (peak of the prune and the training phases)."""
     from llmsculpt.eval.chunked_loss import CHUNK_ELEMENTS
-    from llmsculpt.measure import scored_parameters
     from llmsculpt.models.placement import parse_dtype
-    from llmsculpt.structures.shapes import architecture
 
     if method not in GRAD_METHODS | FORWARD_METHODS:
         raise SculptError(f"no memory model for method {method!r}; known: {', '.join(sorted(GRAD_METHODS | FORWARD_METHODS))}")
@@ -108,12 +149,11 @@ def estimate(
         raise SculptError("--n-samples, --seq-len and --devices must be positive")
     torch_dtype = parse_dtype(dtype) or torch.bfloat16
     item = torch.empty((), dtype=torch_dtype).element_size()
-    model = meta_model(name)
-    arch = architecture(model)
+    arch = architecture_of(name)
     params = arch.param_count()
-    scored = sum(p.numel() for p in scored_parameters(model).values())
+    scored = scored_params(arch)
     backward = method in GRAD_METHODS
-    micro = min(MICRO_BATCH, n_samples)
+    micro = max(1, min(micro_batch or engine_micro_batch(method, n_samples, seq_len), n_samples))
     tokens = micro * seq_len
     parts = {
         "runtime": RUNTIME_CPU if torch.device(device).type == "cpu" else 0,
@@ -122,20 +162,24 @@ def estimate(
         "activations": _activation_bytes(arch, tokens, seq_len, item, backward=backward),
         "logits_chunk": min(CHUNK_ELEMENTS, tokens * arch.vocab) * (item + 4 + 4) * (2 if backward else 1),
     }
-    peak = sum(parts.values())
+    prune_pass = parts["gradients"] + parts["activations"] + parts["logits_chunk"]
+    peak = parts["runtime"] + parts["weights"] + prune_pass
+    if training is not None:
+        parts.update(_training_parts(arch, params, item, training, devices))
+        train_pass = parts["training_state"] + parts["training_activations"]
+        peak = parts["runtime"] + parts["weights"] + parts["teacher"] + max(prune_pass, train_pass)
     fits = None if budget is None else peak <= budget
     return Estimate(params=params, weights_bytes=params * item, peak_bytes=peak, breakdown=parts,
                     micro_batch=micro, fits=fits, budget_bytes=budget)
 
 
-def parse_bytes(text: str) -> int:
-    """'48GB', '48G', '24GiB', '500MB' or a plain number of bytes."""
-    import re
+def _training_parts(arch, params: int, item: int, training: Training, devices: int) -> dict[str, int]:
+    from llmsculpt.eval.chunked_loss import CHUNK_ELEMENTS
 
-    m = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)(i?b?)\s*", str(text).lower())
-    if not m:
-        raise SculptError(f"cannot read a memory size from {text!r}; write e.g. 48GB or 24GiB")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group(2)]
-    if m.group(3).startswith("i"):
-        scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2)]
-    return int(float(m.group(1)) * scale)
+    tokens = training.batch_size * training.seq_len
+    master = MASTER_BYTES if item < 4 else 0
+    state = params * (item + ADAM_BYTES + master) // devices if training.full else 0
+    acts = _activation_bytes(arch, tokens, training.seq_len, item, backward=True, checkpoint=False)
+    logits = min(CHUNK_ELEMENTS, tokens * arch.vocab) * (item + 4 + 4) * 2
+    return {"training_state": state, "training_activations": acts + logits,
+            "teacher": params * item // devices if training.teacher else 0}

@@ -18,7 +18,7 @@ import torch
 
 from llmsculpt.importance.base import GRAD, Metric, TensorStats
 from llmsculpt.importance.fisher import Fisher
-from llmsculpt.importance.groups import GroupScores, LayerScores, score_groups
+from llmsculpt.importance.groups import GroupReducer, GroupScores, LayerScores, score_groups
 from llmsculpt.importance.taylor import TaylorElement
 from llmsculpt.measure import LocalEngine, Needs
 
@@ -44,13 +44,13 @@ class SampleTerms:
 
 
 def sample_terms(model, sample: torch.Tensor, *, engine=None) -> SampleTerms:
-    """One forward+backward on one sample [seq] and its three per-group terms."""
-    stats = (engine or LocalEngine()).measure(model, sample[None], Needs(grad=True, grad_sq=True))
-    return SampleTerms(
-        vector=score_groups(model, stats, _SignedTaylor()),
-        element=score_groups(model, stats, TaylorElement()),
-        fisher=score_groups(model, stats, Fisher()),
-    )
+    """One forward+backward on one sample [seq] and its three per-group terms (the gradient is
+    reduced to the three terms' vectors as it is produced)."""
+    metrics = [_SignedTaylor(), TaylorElement(), Fisher()]
+    stats = (engine or LocalEngine()).measure(model, sample[None], Needs(grad=True, grad_sq=True),
+                                              reducer=GroupReducer(model, metrics))
+    vector, element, fisher = (score_groups(model, stats, m) for m in metrics)
+    return SampleTerms(vector=vector, element=element, fisher=fisher)
 
 
 def _sum(scores: list[GroupScores]) -> GroupScores:

@@ -4,6 +4,12 @@ For each tensor of a group, the element scores in the group's slice are summed (
 metric the sum is then made absolute); the per-tensor values are aggregated across the coupled
 tensors with ``sum``, ``mean``, ``max``, ``prod`` (as a geometric mean: same ranking, no
 overflow) or ``last`` (the output-side tensor: o_proj / down_proj).
+
+Each tensor's part of a group score is one vector — its element scores summed along rows or
+columns in blocks (``_reduce``) — so a gradient metric can be reduced while the gradients are being
+produced: :class:`GroupReducer` is the measuring engine's ``reducer``; it turns each parameter's
+complete gradient into those vectors (``Measurements.reduced[metric.name]``), and ``score_groups``
+uses them in place of the gradients, with the same arithmetic in the same order (identical scores).
 """
 
 from __future__ import annotations
@@ -58,11 +64,58 @@ def _reduce(e: torch.Tensor, dim: int, size: int, signed: bool) -> torch.Tensor:
     return v.abs() if signed else v
 
 
+def tensor_reductions(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Parameter name -> (dim, block size) of the vector ``score_groups`` takes from it: q/k/v
+    weights and biases by output rows in heads, o_proj by input columns in heads, gate/up by rows,
+    down_proj by columns (one channel each)."""
+    spec, hd = spec_for(model), architecture(model).head_dim
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for layer in spec.decoder_layers(model):
+        q, k, v, o = spec.qkvo(layer)
+        gate, up, down = spec.gate_up_down(layer)
+        for lin, dim, size in ((q, 0, hd), (k, 0, hd), (v, 0, hd), (o, 1, hd), (gate, 0, 1), (up, 0, 1), (down, 1, 1)):
+            out[names[id(lin.weight)]] = (dim, size)
+            if dim == 0 and lin.bias is not None:
+                out[names[id(lin.bias)]] = (0, size)
+    return out
+
+
+class GroupReducer:
+    """The engine's reducer for gradient metrics (``needs`` within grad / grad_sq): each complete
+    gradient becomes, per metric, the one vector ``score_groups`` needs from that tensor, keyed
+    (parameter name, dim, size) under ``metric.name``; the gradient itself is then dropped."""
+
+    def __init__(self, model: nn.Module, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+        self.plan = tensor_reductions(model)
+        self.names = set(self.plan)
+
+    @staticmethod
+    def handles(metric: Metric) -> bool:
+        """Whether ``metric`` can be reduced while the gradients flow (it needs nothing else)."""
+        return bool(metric.needs) and set(metric.needs) <= {"grad", "grad_sq"}
+
+    def __call__(self, name: str, param: torch.Tensor, grad: torch.Tensor | None,
+                 grad_sq: torch.Tensor | None) -> dict[str, dict]:
+        dim, size = self.plan[name]
+        s = TensorStats(weight=param.detach().float(), grad=grad.float() if grad is not None else None,
+                        grad_sq=grad_sq.float() if grad_sq is not None else None)
+        return {m.name: {(name, dim, size): _reduce(m.element(s), dim, size, False)} for m in self.metrics}
+
+
 class _Scorer:
     def __init__(self, model: nn.Module, stats: Measurements, metric: Metric):
         self.metric, self.stats = metric, stats
         self.names = {id(p): n for n, p in model.named_parameters()}
         self.module_names = {id(m): n for n, m in model.named_modules()}
+        self.reduced = getattr(stats, "reduced", {}).get(metric.name, {})
+
+    def vector(self, param: torch.Tensor, module: nn.Module | None, dim: int, size: int) -> torch.Tensor:
+        """``param``'s element scores reduced along ``dim`` in blocks of ``size`` (unsigned sums),
+        from the engine's streamed vectors when it produced them."""
+        got = self.reduced.get((self.names[id(param)], dim, size))
+        return got if got is not None else _reduce(self.element(param, module), dim, size, False)
 
     def element(self, param: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
         name = self.names[id(param)]
@@ -77,13 +130,14 @@ class _Scorer:
         return self.metric.element(s)
 
     def rows(self, lin: nn.Linear, size: int) -> torch.Tensor:
-        out = _reduce(self.element(lin.weight, lin), 0, size, False)
+        out = self.vector(lin.weight, lin, 0, size)
         if lin.bias is not None:
-            out = out + self.element(lin.bias).float().reshape(-1, size).sum(1)
+            out = out + self.vector(lin.bias, None, 0, size)
         return out.abs() if self.metric.signed else out
 
     def cols(self, lin: nn.Linear, size: int) -> torch.Tensor:
-        return _reduce(self.element(lin.weight, lin), 1, size, self.metric.signed)
+        out = self.vector(lin.weight, lin, 1, size)
+        return out.abs() if self.metric.signed else out
 
 
 def score_groups(

@@ -200,6 +200,9 @@ def nas_config(model: nn.Module, layout: VllmLayout):
     cfg.auto_map = {"AutoConfig": "configuration_decilm.DeciLMConfig",
                     "AutoModelForCausalLM": "modeling_decilm.DeciLMForCausalLM"}
     cfg.dtype = str(get_path(model, spec_for(model).embed).weight.dtype).removeprefix("torch.")
+    # the pruned model's own config (plan_layout synced it): llmsculpt.load undoes the padding from it
+    # (models/decilm/loader.py); vLLM and transformers ignore the key
+    cfg.sculpt_source_config = {**model.config.to_dict(), "dtype": cfg.dtype}
     return cfg
 
 

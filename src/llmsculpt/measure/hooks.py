@@ -8,6 +8,8 @@
 
 They only observe the forward passes run inside the block; the engines (local.py, sharded.py)
 decide which passes run. The reductions happen as the data flows: nothing keeps activations.
+A checkpointed decoder layer (measure/checkpointing.py) runs its forward a second time in the
+backward pass; every hook takes the pass's :class:`Replay` and ignores that recomputation.
 """
 
 from __future__ import annotations
@@ -28,8 +30,33 @@ def _removed(handles: list) -> None:
         h.remove()
 
 
+class Replay:
+    """Set while a checkpointed layer recomputes its forward in the backward pass, so that hooks
+    count every forward once."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+
+    @property
+    def active(self) -> bool:
+        return self.depth > 0
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+
+def _replaying(replay: Replay | None) -> bool:
+    return replay is not None and replay.active
+
+
 @contextmanager
-def activation_sq(model: nn.Module, store: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
+def activation_sq(model: nn.Module, store: dict[str, torch.Tensor], *,
+                  replay: Replay | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Accumulate Σ x_j² over tokens for the input of every Linear inside the decoder layers, into
     ``store`` (Linear module name -> [in_features])."""
     prefix = spec_for(model).layers
@@ -37,6 +64,8 @@ def activation_sq(model: nn.Module, store: dict[str, torch.Tensor]) -> Iterator[
 
     def make(name: str):
         def hook(_mod, args):
+            if _replaying(replay):
+                return
             x = args[0].detach()
             sq = x.float().pow(2).reshape(-1, x.shape[-1]).sum(0)
             store[name] = store[name] + sq if name in store else sq
@@ -53,7 +82,8 @@ def activation_sq(model: nn.Module, store: dict[str, torch.Tensor]) -> Iterator[
 
 
 @contextmanager
-def layer_io_hooks(model: nn.Module, *, distance: str = "cosine") -> Iterator[LayerImportance]:
+def layer_io_hooks(model: nn.Module, *, distance: str = "cosine",
+                   replay: Replay | None = None) -> Iterator[LayerImportance]:
     """Measure layer importance during whatever forward passes run inside the block."""
     layers = spec_for(model).decoder_layers(model)
     acc = LayerImportance(len(layers), distance)
@@ -61,6 +91,8 @@ def layer_io_hooks(model: nn.Module, *, distance: str = "cosine") -> Iterator[La
 
     def make(i: int):
         def hook(_mod, args, kwargs, output):
+            if _replaying(replay):
+                return
             x_in = args[0] if args else kwargs["hidden_states"]
             x_out = output[0] if isinstance(output, (tuple, list)) else output
             acc.add(i, x_in, x_out)
@@ -76,7 +108,7 @@ def layer_io_hooks(model: nn.Module, *, distance: str = "cosine") -> Iterator[La
 
 
 @contextmanager
-def output_input_moments(model: nn.Module) -> Iterator[InputMoments]:
+def output_input_moments(model: nn.Module, *, replay: Replay | None = None) -> Iterator[InputMoments]:
     """Collect per-channel moments of o_proj / down_proj inputs during the forward passes inside."""
     spec = spec_for(model)
     out = InputMoments()
@@ -84,6 +116,8 @@ def output_input_moments(model: nn.Module) -> Iterator[InputMoments]:
 
     def make(store: Moments):
         def hook(_mod, args):
+            if _replaying(replay):
+                return
             x = args[0].detach().float().reshape(-1, args[0].shape[-1])
             store.total += x.sum(0).cpu().double()
             store.total_sq += x.pow(2).sum(0).cpu().double()
@@ -105,7 +139,8 @@ def output_input_moments(model: nn.Module) -> Iterator[InputMoments]:
 
 
 @contextmanager
-def input_hessians(model: nn.Module, enabled: bool = True, *, inputs: bool = False) -> Iterator[dict]:
+def input_hessians(model: nn.Module, enabled: bool = True, *, inputs: bool = False,
+                   replay: Replay | None = None) -> Iterator[dict]:
     """H = Σ x xᵀ (float64, on the host) of every o_proj and down_proj input during the forward
     passes inside, keyed (layer, "o" | "down"); with ``inputs`` also of the attention and MLP
     inputs (q_proj's and gate_proj's), keyed (layer, "attn_in" | "mlp_in")."""
@@ -115,6 +150,8 @@ def input_hessians(model: nn.Module, enabled: bool = True, *, inputs: bool = Fal
 
     def make(key):
         def hook(_m, args):
+            if _replaying(replay):
+                return
             x = args[0].detach().double().reshape(-1, args[0].shape[-1])
             store[key] = store.get(key, 0) + (x.T @ x).cpu()
 

@@ -14,6 +14,10 @@ Two kinds of batch (see :class:`llmsculpt.measure.local.LocalEngine`):
   micro-batches; gradients (``grad``), ``layer_change`` and ``forward`` are supported;
 - a training share dict with ``loss_scale`` (EfficientLLM's pruning step, DDP or FSDP): one pass of
   the model's own loss × scale; ``grad`` and ``hessians`` are supported.
+
+With a ``reducer`` (importance.groups.GroupReducer) the main process reduces each gathered gradient
+to group-score vectors at once (``Measurements.reduced``) and keeps none whole; the shards' own
+gradients live on their processes until the gather. (Decoder layers are not checkpointed here.)
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from torch import nn
 
 from llmsculpt.errors import SculptError
 from llmsculpt.measure.hooks import input_hessians, layer_io_hooks
-from llmsculpt.measure.local import Measurements, batch_size, scored_parameters, split_share
+from llmsculpt.measure.local import Measurements, batch_size, deliverer, scored_parameters, split_share
 from llmsculpt.measure.needs import Needs
 
 
@@ -56,12 +60,12 @@ class ShardedEngine:
         """The caller re-wrapped the model: measure through this one from now on."""
         self._net, self.stale = net, False
 
-    def measure(self, model: nn.Module, batch, needs: Needs) -> Measurements:
+    def measure(self, model: nn.Module, batch, needs: Needs, *, reducer=None) -> Measurements:
         if self.stale:
             self.net = self.procs.wrap(model)
         if isinstance(batch, dict):
             return self._share(model, batch, needs)
-        return self._calibration(model, batch, needs)
+        return self._calibration(model, batch, needs, reducer)
 
     def agree(self, plan):
         """The deciding process's plan on every process. Its weight updates stay on the deciding
@@ -79,16 +83,18 @@ class ShardedEngine:
     def _watched(self, model: nn.Module) -> nn.Module:
         return self.net if self.procs.sharded else model  # the modules that run (DDP runs model's own)
 
-    def _gather_grads(self, model: nn.Module, which: str, out: Measurements) -> None:
-        scored = scored_parameters(model, which)  # the same parameters as the local engine's
+    def _gather_grads(self, model: nn.Module, needs: Needs, out: Measurements, reducer=None) -> None:
+        scored = scored_parameters(model, needs.grad_params)  # the same parameters as the local engine's
+        deliver = deliverer(out, reducer, needs)
         for name, p in self.net.named_parameters():
             name = name.removeprefix("module.")  # DDP's wrapper
             if p.grad is not None and name in scored:
                 grad = _full(p.grad)  # every process takes part in the gather
+                p.grad = None
                 if self.decides:
-                    out.grad[name] = grad.cpu() if self.procs.sharded else grad.detach()
+                    deliver(name, scored[name], grad.cpu() if self.procs.sharded else grad.detach(), None)
 
-    def _calibration(self, model: nn.Module, batch: torch.Tensor, needs: Needs) -> Measurements:
+    def _calibration(self, model: nn.Module, batch: torch.Tensor, needs: Needs, reducer=None) -> Measurements:
         unsupported = [n for n in ("grad_sq", "act", "moments", "hessians") if getattr(needs, n)]
         if unsupported:
             raise SculptError(f"sharded Adapt-Pruner measures gradients only; the metric also needs "
@@ -127,7 +133,7 @@ class ShardedEngine:
             imp.sums, imp.counts = sums["sums"], sums["counts"]
             out.layer = imp.values()
         if needs.grad:
-            self._gather_grads(model, needs.grad_params, out)
+            self._gather_grads(model, needs, out, reducer)
             net.zero_grad(set_to_none=True)
         return out
 

@@ -34,7 +34,7 @@ from llmsculpt.importance.groups import score_groups
 from llmsculpt.importance.layer_importance import check_distance
 from llmsculpt.measure import Needs
 from llmsculpt.methods.base import PruneContext, PruneResult, check_options, register, working_copy
-from llmsculpt.methods.oneshot import plan_step, scope_of
+from llmsculpt.methods.oneshot import plan_step, reducer_for, scope_of
 from llmsculpt.plan import Plan
 from llmsculpt.structures.shapes import architecture
 from llmsculpt.surgery import apply_plan
@@ -91,7 +91,7 @@ def adaptive(ctx: PruneContext) -> PruneResult:
             bar.update(1)
             continue
         batch = ctx.calibration(cfg.seed + (t - 1 if opts.resample else 0))
-        measured = engine.measure(model, batch, needs)
+        measured = engine.measure(model, batch, needs, reducer=reducer_for(model, metric))
         raw = measured.layer
         plan = None
         if engine.decides:
@@ -101,7 +101,7 @@ def adaptive(ctx: PruneContext) -> PruneResult:
             trial = accumulate(offsets, now) if opts.cumulative else now
             plan, s, per_layer = plan_step(cur, scores, remove, scope, trial, original=arch0)
             offsets = clip_state(trial, s) if opts.cumulative else {}
-        measured.free_grads()  # the gradients are scores now: free them before surgery and the next pass
+        measured.free_grads()  # (none are kept: the reducer turned them into scores during the pass)
         plan = engine.agree(plan)
         apply_plan(model, plan)
         engine.applied(model)

@@ -11,7 +11,7 @@ import torch
 from llmsculpt.allocation import PruneScope, select_plan, solve_uniform_offset
 from llmsculpt.config import PruneConfig, parse_layers
 from llmsculpt.importance import get_metric
-from llmsculpt.importance.groups import GroupScores, score_groups
+from llmsculpt.importance.groups import GroupReducer, GroupScores, score_groups
 from llmsculpt.measure import Needs
 from llmsculpt.plan import Plan
 from llmsculpt.structures.shapes import Architecture
@@ -29,10 +29,16 @@ def scope_of(config: PruneConfig, n_layers: int, *, default_split: str = "propor
 
 
 def score(engine, model, batch: torch.Tensor, config: PruneConfig, *, metric_kwargs: dict | None = None) -> GroupScores:
-    """Group scores of ``config.metric`` on ``batch``, measured with ``engine``."""
+    """Group scores of ``config.metric`` on ``batch``, measured with ``engine``; a gradient metric's
+    gradients are reduced to group-score vectors as the backward pass produces them."""
     metric = get_metric(config.metric, **(metric_kwargs or {}))
-    measured = engine.measure(model, batch, Needs.for_metric(metric))
+    measured = engine.measure(model, batch, Needs.for_metric(metric), reducer=reducer_for(model, metric))
     return score_groups(model, measured, metric, aggregation=config.aggregation)
+
+
+def reducer_for(model, metric) -> GroupReducer | None:
+    """The streaming reducer for ``metric``, or None when it needs no gradients (or more than them)."""
+    return GroupReducer(model, [metric]) if GroupReducer.handles(metric) else None
 
 
 def plan_step(

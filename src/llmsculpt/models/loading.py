@@ -250,8 +250,9 @@ def load(
 
 
 def _load_pretrained(directory: str, *, dtype: torch.dtype | str, hub: bool):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    from llmsculpt.models.decilm.loader import is_nas_export, load_nas
     from llmsculpt.models.sculpt_modeling import SCULPT_CLASSES
 
     local_only = False
@@ -270,6 +271,8 @@ def _load_pretrained(directory: str, *, dtype: torch.dtype | str, hub: bool):
         raise SculptError(f"could not load model config from {directory!r}: {exc}") from exc
     base = getattr(config, "sculpt_base_model_type", None)
     try:
+        if not hub and is_nas_export(directory):  # our vLLM export: back to the pruned model it was written from
+            return load_nas(directory, dtype=dtype), _load_tokenizer(directory)
         if base:  # heterogeneous llmsculpt model: our own classes, no remote code
             cls = SCULPT_CLASSES[base][1]
             model = cls.from_pretrained(directory, config=config, dtype=dtype)
@@ -309,6 +312,10 @@ def _read_config(directory: str):
         raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise SculptError(f"{path} is not readable JSON: {exc}") from exc
+    if raw.get("model_type") == "nemotron-nas":  # our vLLM export: the pruned model's own config, recorded in it
+        from llmsculpt.models.decilm.loader import nas_source_config
+
+        return nas_source_config(raw, str(path))
     base = raw.get("sculpt_base_model_type")
     if base:
         if base not in SCULPT_CLASSES:

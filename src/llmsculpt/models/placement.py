@@ -92,10 +92,3 @@ def resolve_device(value: str | torch.device | None = None) -> torch.device:
     if device.type not in ("cpu", "cuda", "mps"):
         raise SculptError(f"unsupported device {value!r}; expected {DEVICE_HELP}")
     return device
-
-
-def refuse_low_precision_training(dtype: torch.dtype, command: str) -> None:
-    """Training keeps fp32 weights until mixed precision (fp32 master/optimizer state) exists."""
-    if dtype != torch.float32:
-        raise SculptError(f"{command} trains in float32 only for now (bf16/fp16 training without fp32 master "
-                          f"weights would silently lose updates); use --dtype float32")

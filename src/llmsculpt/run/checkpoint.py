@@ -11,6 +11,11 @@ LoRA training keeps its base weights frozen, so within a phase only the adapters
 change: ``<dir>/adapters/`` (written the same atomic way) holds those and the run state, on top of
 the base model in ``last``; it is only used when it continues the phase ``last`` starts.
 
+Mixed-precision runs (bf16/fp16 weights) save the model in its working dtype and the fp32 master
+weights inside the optimiser state (each parameter's ``"master"``, train/mixed.py), so a resumed
+run continues from exactly the state an uninterrupted one has; a checkpoint without masters (fp32,
+or written before they existed) still loads, the masters then starting from the weights.
+
 Nothing here is pickled: tensors go to safetensors files, everything else to JSON, so reading a
 checkpoint never runs code from it, and tensors are loaded straight onto the training device.
 """
@@ -104,9 +109,10 @@ def latest(directory: Path) -> Path:
     raise SculptError(f"nothing to resume: no checkpoint in {directory}")
 
 
-def load_checkpoint(directory: Path, config: dict, device) -> tuple[torch.nn.Module, dict | None, dict]:
-    """(model, optimiser state or None, run state) of the latest checkpoint; ``config`` must equal the
-    one the run was started with (same data order and schedule)."""
+def load_checkpoint(directory: Path, config: dict, device, dtype: torch.dtype = torch.float32
+                    ) -> tuple[torch.nn.Module, dict | None, dict]:
+    """(model in ``dtype``, optimiser state or None, run state) of the latest checkpoint; ``config``
+    must equal the one the run was started with (same data order and schedule)."""
     from llmsculpt.models.loading import load
 
     where = latest(directory)
@@ -118,7 +124,7 @@ def load_checkpoint(directory: Path, config: dict, device) -> tuple[torch.nn.Mod
         raise SculptError(f"the checkpoint in {directory} was made with different settings ({', '.join(changed)}); "
                           "resume with the same command")
     _refuse_pickles(where)
-    model = load(where, device=device).model
+    model = load(where, device=device, dtype=dtype).model
     opt = _read_tree(where, "optimizer", device) if (where / "optimizer.json").is_file() else None
     return model, opt, state
 

@@ -3,10 +3,14 @@
 A schedule (run/accel.py: Adapt-Accel; run/pruning_aware.py: EfficientLLM) says what happens next
 as a generator of events (run/events.py). The engine does everything else, the same way for both:
 
-- the processes (run/processes.py): device placement, the plain ``model`` and the ``net`` that
+- the processes (run/processes.py): the plain ``model`` and the ``net`` that
   training runs through (itself, DDP around it, or a sharded FSDP2 copy), re-wrapped after every
   change of shapes;
-- the optimiser: created on first use after every pruning or LoRA change, or carried over;
+- the optimiser: created on first use after every pruning or LoRA change, or carried over; for
+  bf16/fp16 weights it keeps fp32 master weights and moments (train/mixed.py), which checkpoints
+  save and a carry slices like the moments;
+- placement: the model is moved to this process's device only if it is not there already (load it
+  on ``run.processes.process_device()`` to avoid any move); a sharded run's host copy stays on the CPU;
 - pruning with "the main process decides, the others apply" (run/pruning.py);
 - the state (the schedule's own counters plus the composed plan and the number of steps logged,
   under the schedule's ``counter`` key), ``<dir>/log.jsonl``, the progress bar, ``stop_after``;
@@ -241,16 +245,16 @@ def run_schedule(schedule: Schedule, model: nn.Module, tokenizer, *, checkpoint_
     """Perform ``schedule`` on ``model``; returns the model, the composed plan and the log."""
     from tqdm.auto import tqdm
 
-    if procs.device is not None and not procs.sharded:  # sharded: the plain model stays on the host
-        model = model.to(procs.device)
+    model = procs.place(model)
     run = Run(procs, model, tokenizer, schedule, ckpt=Path(checkpoint_dir) if checkpoint_dir is not None else None,
               every=checkpoint_every, stop_after=stop_after)
     run.state = schedule.start(run)
     run.state.setdefault("plan", Plan.keep_all(architecture(model)).to_dict())
     opt_state = None
     if resume:
-        where = torch.device("cpu") if procs.sharded else next(model.parameters()).device
-        run.model, opt_state, state = load_checkpoint(run.ckpt, run.state["config"], where)
+        first = next(model.parameters())
+        where = torch.device("cpu") if procs.sharded else first.device
+        run.model, opt_state, state = load_checkpoint(run.ckpt, run.state["config"], where, dtype=first.dtype)
         run.state = state
         for event in schedule.resumed(state):
             run.perform(event)

@@ -12,6 +12,9 @@ With ``shard=True`` (or an accelerate FSDP config) training is fully sharded ins
 run/fsdp.py): weights, gradients and optimiser state are split over the processes, and the main
 process gathers whole weights only to prune and to checkpoint.
 
+Each process loads its model onto its own device: ``process_device()`` says which (``cuda:LOCAL_RANK``,
+or the CPU; a sharded run's host copy on the CPU), before anything is loaded.
+
 In a single process (the default) nothing here touches torch.distributed. This module and run/fsdp.py
 are the only ones that look at the launcher's environment (``RANK``, ``WORLD_SIZE``) or at
 torch.distributed: everything else asks a ``Processes`` or ``is_main_process()``.
@@ -55,6 +58,32 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def process_device(requested: str | torch.device | None = None, *, shard: bool = False) -> torch.device:
+    """Where this process should load its model, decided from the launcher's environment before
+    anything is loaded (call it before ``load()``; the Accelerator does not exist yet).
+
+    One process: ``requested`` as ``--device`` means it (auto: CUDA when present). A launched run
+    (``WORLD_SIZE > 1``): each process its own GPU, ``cuda:LOCAL_RANK``, when CUDA is present (for
+    ``auto`` or ``cuda``), else the CPU; a sharded run (``shard``) loads on the CPU, where the main
+    process keeps its host copy (the shards go to the GPUs when the model is wrapped).
+    """
+    from llmsculpt.models.placement import resolve_device
+
+    if world_size_from_env() == 1:
+        return resolve_device(requested)
+    name = "auto" if requested is None else str(requested).lower()
+    if shard or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or name == "cpu":
+        return torch.device("cpu")
+    if name not in ("auto", "cuda"):
+        raise SculptError(f"--device {requested} names one device, but this run has {world_size_from_env()} "
+                          "processes, each on its own GPU (LOCAL_RANK): use --device auto (or cuda, or cpu)")
+    if not torch.cuda.is_available():
+        if name == "cuda":
+            raise SculptError("--device cuda asked for, but CUDA is not available here; use --device cpu")
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+
+
 class Processes:
     """The process group of this run (one process unless launched by torchrun/accelerate)."""
 
@@ -93,6 +122,14 @@ class Processes:
     def device(self) -> torch.device | None:
         """The device this process should train on (None: leave the model where it is)."""
         return self.accelerator.device if self.accelerator else None
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """``model`` on this process's device, moved only if it is not there already; in a sharded
+        run the plain model is the main process's host copy and stays on (or goes to) the CPU."""
+        target = torch.device("cpu") if self.sharded else self.device
+        if target is None or all(_same_device(p.device, target) for p in model.parameters()):
+            return model
+        return model.to(target)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module to run forward/backward through: ``model`` itself in one process, DDP around it,
@@ -185,6 +222,10 @@ class Processes:
             return [batch[0]], 0.0
         total = sum(_label_tokens(e) for e in batch)
         return mine, self.world * sum(_label_tokens(e) for e in mine) / max(total, 1)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
 def _label_tokens(example: Example) -> int:

@@ -5,9 +5,11 @@ Pruning changes parameter shapes, so the optimiser cannot simply continue. Two c
 rate, whatever its history) or ``carry``: the moments of the rows and columns that survive are
 kept, those of removed ones dropped, and each parameter keeps its step count.
 
-Carrying uses the surgery itself: two shadow copies of the model hold the first and second moments
-in place of the weights, and the pruning plan is applied to them too, so the moments follow exactly
-the indices the weights followed.
+Carrying uses the surgery itself: shadow copies of the model hold the first and second moments
+(and, for bf16/fp16 weights, the fp32 master weights of train/mixed.py) in place of the weights, and
+the pruning plan is applied to them too, so the state follows exactly the indices the weights
+followed. The state is read and written through ``state_dict()``, indexed like the trainable
+parameters, so it works the same for torch's AdamW and for MixedAdamW.
 """
 
 from __future__ import annotations
@@ -22,35 +24,48 @@ from llmsculpt.surgery import apply_plan
 
 
 class MomentShadows:
-    """Adam's moments of ``model`` laid out as two models (exp_avg, exp_avg_sq), before pruning."""
+    """The optimiser state of ``model`` laid out as models, before pruning: one fp32 shadow per
+    per-element state tensor (AdamW's exp_avg and exp_avg_sq, and MixedAdamW's fp32 ``master``)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.steps: dict[str, torch.Tensor] = {}
-        self.shadows = []
-        by_id = {id(p): name for name, p in model.named_parameters()}
-        states = {by_id[id(p)]: s for p, s in optimizer.state.items() if id(p) in by_id and "exp_avg" in s}
-        for key in ("exp_avg", "exp_avg_sq"):
-            shadow = copy.deepcopy(model)
+        sd = optimizer.state_dict()
+        trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+        shapes = dict((name, p.shape) for name, p in model.named_parameters())
+        states = {trainable[i]: s for i, s in sd["state"].items() if i < len(trainable) and "exp_avg" in s}
+        keys = sorted({k for s in states.values() for k, v in s.items()
+                       if isinstance(v, torch.Tensor) and v.dim() and k != "step"})
+        self.shadows: dict[str, nn.Module] = {}
+        for key in keys:
+            memo = {id(p): nn.Parameter(torch.zeros(p.shape, dtype=torch.float32, device=p.device), requires_grad=False)
+                    for p in model.parameters()}  # fp32 whatever the weights' dtype; no copy of the weights
+            shadow = copy.deepcopy(model, memo)
             with torch.no_grad():
                 for name, p in shadow.named_parameters():
-                    p.copy_(states[name][key] if name in states else torch.zeros_like(p))
-            self.shadows.append(shadow)
+                    if name in states and key in states[name] and states[name][key].shape == shapes[name]:
+                        p.copy_(states[name][key])
+            self.shadows[key] = shadow
         self.steps = {name: s["step"] for name, s in states.items()}
 
     def carry(self, plan: Plan, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-        """Prune the shadows by ``plan`` and load their moments into ``optimizer`` (built on the
-        pruned ``model``); returns the number of parameters whose moments were carried."""
-        for shadow in self.shadows:
+        """Prune the shadows by ``plan`` and load their state into ``optimizer`` (built on the pruned
+        ``model``); returns the number of parameters whose state was carried. A carried master is
+        kept only where it still rounds to the pruned weight (a weight the plan updated, e.g. FLAP's
+        bias or an OBS step, starts its master from the new value)."""
+        for shadow in self.shadows.values():
             apply_plan(shadow, plan, rms_rescale=False)
-        first, second = (dict(s.named_parameters()) for s in self.shadows)
-        carried = 0
-        for name, p in model.named_parameters():
-            if name not in self.steps or name not in first or first[name].shape != p.shape:
+        pruned = {key: dict(s.named_parameters()) for key, s in self.shadows.items()}
+        sd = optimizer.state_dict()
+        state, carried = {}, 0
+        for index, (name, p) in enumerate((n, p) for n, p in model.named_parameters() if p.requires_grad):
+            if name not in self.steps or any(name not in t or t[name].shape != p.shape for t in pruned.values()):
                 continue
-            optimizer.state[p] = {
-                "step": self.steps[name].clone(),
-                "exp_avg": first[name].detach().clone().to(p.device),
-                "exp_avg_sq": second[name].detach().clone().to(p.device),
-            }
+            entry = {"step": self.steps[name].clone()}
+            for key, tensors in pruned.items():
+                value = tensors[name].detach().clone()
+                if key == "master" and not torch.equal(value.to(p.dtype), p.detach()):
+                    value = p.detach().float()
+                entry[key] = value
+            state[index] = entry
             carried += 1
+        optimizer.load_state_dict({**sd, "state": state})
         return carried
