@@ -121,3 +121,14 @@ def test_eval_rejects_bad_seq_len_and_missing_text(tmp_path, calib, capsys):
     assert code == 2 and "seq" in err.lower()
     code, _, err = run(capsys, "eval", "--model", "tiny-llama", "--text", tmp_path / "nope.txt")
     assert code == 2 and "does not exist" in err
+
+
+def test_cli_returns_large_blocks_unless_the_user_chose(monkeypatch):
+    from llmsculpt.cli.main import return_large_blocks_to_the_system
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert return_large_blocks_to_the_system() is False  # the user's setting wins
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    import sys
+
+    assert return_large_blocks_to_the_system() is sys.platform.startswith("linux")

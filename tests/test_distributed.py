@@ -121,6 +121,7 @@ def test_sharded_measuring_pass_equals_the_local_one(tmp_path):
     _same(got["grad"], {k: v.detach() for k, v in m.grad.items()}, atol=1e-6)
 
 
+@pytest.mark.slow  # ~40 s of two-process runs; the default run keeps the plain sharded and DDP cases
 def test_sharded_run_carries_moments_and_distils_like_one_process(tmp_path):
     """optimizer_state=carry gathers the moments, carries them on the main process and scatters them."""
     out = tmp_path / "run"
@@ -131,6 +132,7 @@ def test_sharded_run_carries_moments_and_distils_like_one_process(tmp_path):
     _same(run["resumed-0"]["state"], run["full-0"]["state"], atol=1e-6)
 
 
+@pytest.mark.slow  # ~55 s; bf16 resume-exactness is also tested in one process (test_train.py)
 def test_sharded_bf16_run_keeps_fp32_masters_and_resumes_exactly(tmp_path):
     """bf16 weights sharded: the fp32 masters live in the sharded optimiser, are gathered into the
     checkpoint and carried across pruning; the run follows the single-process bf16 one."""
@@ -177,7 +179,7 @@ def test_batch_shares_reproduce_the_token_mean(monkeypatch):
     assert procs.my_share(batch[:1]) == ([batch[0]], 0.0)  # nothing left for process 1: weight 0
 
 
-@pytest.mark.parametrize("engine", ["ddp", "fsdp", "accelerate-fsdp"])
+@pytest.mark.parametrize("engine", ["ddp", "fsdp", pytest.param("accelerate-fsdp", marks=pytest.mark.slow)])
 def test_pruning_aware_training_on_two_processes_equals_one(tmp_path, engine):
     if engine == "accelerate-fsdp":  # what `accelerate launch --use_fsdp` sets, without our --fsdp
         _torchrun("pretrain_two_processes.py", tmp_path, "ddp", ACCELERATE_USE_FSDP="true")

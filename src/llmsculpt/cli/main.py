@@ -43,7 +43,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def return_large_blocks_to_the_system() -> bool:
+    """Ask glibc to serve allocations of 8 MiB and more with mmap, so a freed gradient or activation
+    goes back to the system at once instead of staying in the heap. Measured on the default model,
+    bf16 adaptive prune at 25 % (2-core CPU): peak RSS 1.74 → 1.59 GiB at the same wall time (1:37).
+    ``MALLOC_MMAP_THRESHOLD_=1048576`` goes further (1.24 GiB; 2.20 instead of 3.28 GiB on a 0.5B
+    Qwen2 shape) but took 2:33 instead of 1:37 here, page faults of fresh mappings: the user's choice.
+    A no-op off glibc or when the user has set MALLOC_MMAP_THRESHOLD_. Only the command-line entry
+    point does this: it is process-wide, so a library import must not."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, 8 << 20))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    return_large_blocks_to_the_system()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
