@@ -5,8 +5,9 @@ What a pass holds at its peak (see measure/local.py and eval/chunked_loss.py):
 - ``runtime``: Python, torch, transformers, tokenizer and calibration text (CPU RSS only; measured
   with bench/memory.py on tiny models, where it is nearly everything);
 - ``weights``: parameters × bytes of the working dtype, split over ``devices`` when sharded;
-- ``gradients`` (Taylor methods: adaptive, uniform, sample_aware): the scored parameters only, the
-  decoder layers' Linear weights and biases, in the working dtype;
+- ``gradients`` (Taylor methods: adaptive, uniform, sample_aware): streamed to group scores, so about
+  one decoder layer's Linear gradients (+ fp32 products) at a time, plus an fp32 accumulator per
+  scored parameter when a micro-batch below the sample count forces several backwards;
 - ``activations``: what autograd keeps for one micro-batch: the gradient passes checkpoint the
   decoder layers (each layer's input, plus one layer's full set while it is recomputed; eager
   attention keeps heads × seq probabilities per token); forward-only methods keep one layer's;
@@ -114,6 +115,16 @@ def scored_params(arch) -> int:
     return sum(arch.layer_params(ls) - norms for ls in arch.layers)
 
 
+def _gradient_bytes(arch, scored: int, item: int, devices: int, *, several: bool) -> int:
+    """Gradients live during a measuring pass (measure/streaming.py): each is reduced to group scores
+    as soon as its last backward produced it, so one backward holds about one layer's gradients (and
+    their fp32 products); several backwards (a micro-batch below the sample count) also keep an fp32
+    accumulator per scored parameter, so a smaller micro-batch costs more, not less."""
+    norms = 2 * arch.hidden + (2 * arch.head_dim if arch.head_norms else 0)
+    largest = max(arch.layer_params(ls) - norms for ls in arch.layers)
+    return (largest * (item + 4) + (scored * 4 if several else 0)) // devices
+
+
 def engine_micro_batch(method: str, n_samples: int, seq_len: int) -> int:
     """The samples per pass LocalEngine chooses by itself (measure/local.py): a mean-gradient pass
     takes up to ``GRAD_TOKENS`` tokens at once (checkpointed), a forward pass 4 samples."""
@@ -158,7 +169,7 @@ def estimate(
     parts = {
         "runtime": RUNTIME_CPU if torch.device(device).type == "cpu" else 0,
         "weights": params * item // devices,
-        "gradients": scored * item // devices if backward else 0,
+        "gradients": _gradient_bytes(arch, scored, item, devices, several=micro < n_samples) if backward else 0,
         "activations": _activation_bytes(arch, tokens, seq_len, item, backward=backward),
         "logits_chunk": min(CHUNK_ELEMENTS, tokens * arch.vocab) * (item + 4 + 4) * (2 if backward else 1),
     }
