@@ -111,8 +111,12 @@ def architecture_of(name):
 def scored_params(arch) -> int:
     """Parameters the gradient passes score (measure.scored_parameters): every decoder Linear's
     weight and bias, i.e. the decoder layers without their norms."""
-    norms = 2 * arch.hidden + (2 * arch.head_dim if arch.head_norms else 0)
-    return sum(arch.layer_params(ls) - norms for ls in arch.layers)
+    return sum(_layer_scored(arch, ls) for ls in arch.layers)
+
+
+def _layer_scored(arch, ls) -> int:
+    """One decoder layer's scored parameters: its parameters without its norms."""
+    return arch.layer_params(ls) - 2 * arch.hidden - (2 * arch.head_dim if arch.head_norms else 0)
 
 
 def _gradient_bytes(arch, scored: int, item: int, devices: int, *, several: bool) -> int:
@@ -120,8 +124,7 @@ def _gradient_bytes(arch, scored: int, item: int, devices: int, *, several: bool
     as soon as its last backward produced it, so one backward holds about one layer's gradients (and
     their fp32 products); several backwards (a micro-batch below the sample count) also keep an fp32
     accumulator per scored parameter, so a smaller micro-batch costs more, not less."""
-    norms = 2 * arch.hidden + (2 * arch.head_dim if arch.head_norms else 0)
-    largest = max(arch.layer_params(ls) - norms for ls in arch.layers)
+    largest = max(_layer_scored(arch, ls) for ls in arch.layers)
     return (largest * (item + 4) + (scored * 4 if several else 0)) // devices
 
 
