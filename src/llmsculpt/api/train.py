@@ -37,6 +37,15 @@ def _examples(cfg, tokenizer, fmt: str = "text", skip_bad: bool = False):
     return load_examples(cfg.data, tokenizer, fmt=fmt, seq_len=cfg.seq_len, skip_bad=skip_bad)
 
 
+def _check_run(cfg, out, *, overwrite: bool, resume: bool, fsdp: bool) -> None:
+    """What a checkpointed training run (accel, pretrain-prune) checks before anything is loaded."""
+    if out is None and resume:
+        raise SculptError("resume needs out (its checkpoints are in <out>.ckpt/)")
+    _need_data(cfg)
+    check_out_dir(out, overwrite)
+    note_single_process_fsdp(fsdp)
+
+
 def _checkpoint_dir(out) -> str | None:
     return f"{str(out).rstrip('/')}.ckpt" if out is not None else None
 
@@ -57,11 +66,7 @@ def accel(model: str | os.PathLike | nn.Module | None = None, *, config: AccelCo
 
     cfg = recipe(AccelConfig, config, model, fields)
     PruneConfig(method=cfg.prune_method).check_options()  # an unknown prune_method: before anything is loaded
-    if out is None and resume:
-        raise SculptError("resume needs out (its checkpoints are in <out>.ckpt/)")
-    _need_data(cfg)
-    check_out_dir(out, overwrite)
-    note_single_process_fsdp(fsdp)
+    _check_run(cfg, out, overwrite=overwrite, resume=resume, fsdp=fsdp)
     fit_or_refuse(model if isinstance(model, nn.Module) else cfg.model, method=cfg.prune_method, dtype=cfg.dtype,
                   n_samples=cfg.calib_samples, seq_len=cfg.calib_len, budget=cfg.budget, device=device,
                   command="this accel run", training=Training(cfg.batch_size, cfg.seq_len, full=cfg.mode == "full",
@@ -105,11 +110,7 @@ def pretrain_prune(model: str | os.PathLike | nn.Module | None = None, *, config
     from llmsculpt.run import pretrain_prune as run_pretrain_prune
 
     cfg = recipe(PretrainPruneConfig, config, model, fields)
-    if out is None and resume:
-        raise SculptError("resume needs out (its checkpoints are in <out>.ckpt/)")
-    _need_data(cfg)
-    check_out_dir(out, overwrite)
-    note_single_process_fsdp(fsdp)
+    _check_run(cfg, out, overwrite=overwrite, resume=resume, fsdp=fsdp)
     fit_or_refuse(model if isinstance(model, nn.Module) else cfg.model, method="uniform", dtype=cfg.dtype,
                   n_samples=cfg.batch_size, seq_len=cfg.seq_len, budget=cfg.budget, device=device,
                   command="this pretrain-prune run", training=Training(cfg.batch_size, cfg.seq_len),
