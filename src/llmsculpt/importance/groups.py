@@ -104,7 +104,7 @@ class GroupReducer:
         return {m.name: {(name, dim, size): _reduce(m.element(s), dim, size, False)} for m in self.metrics}
 
 
-class _Scorer:
+class Scorer:
     def __init__(self, model: nn.Module, stats: Measurements, metric: Metric):
         self.metric, self.stats = metric, stats
         self.names = {id(p): n for n, p in model.named_parameters()}
@@ -148,27 +148,32 @@ def score_groups(
         raise SculptError(f"unknown aggregation {aggregation!r}; choose one of: {', '.join(AGGREGATIONS)}")
     spec = spec_for(model)
     arch = architecture(model)
-    hd = arch.head_dim
-    sc = _Scorer(model, stats, metric)
-    out = []
+    sc = Scorer(model, stats, metric)
     with torch.no_grad():
-        for layer, ls in zip(spec.decoder_layers(model), arch.layers):
-            q, k, v, o = spec.qkvo(layer)
-            q_h, o_h = sc.rows(q, hd), sc.cols(o, hd)
-            heads = aggregate([q_h, o_h], aggregation)
-            k_h, v_h = sc.rows(k, hd), sc.rows(v, hd)
-            index = torch.tensor(ls.kv_map, device=q_h.device)
-            q_kv = torch.zeros(ls.n_kv, device=q_h.device).index_add_(0, index, q_h)
-            o_kv = torch.zeros(ls.n_kv, device=q_h.device).index_add_(0, index, o_h)
-            kv = aggregate([q_kv, k_h, v_h, o_kv], aggregation)
-            gate, up, down = spec.gate_up_down(layer)
-            mlp = aggregate([sc.rows(gate, 1), sc.rows(up, 1), sc.cols(down, 1)], aggregation)
-            out.append(LayerScores(heads=heads.cpu(), kv=kv.cpu(), mlp=mlp.cpu()))
+        out = [layer_scores(sc, spec, layer, ls, arch.head_dim, aggregation)
+               for layer, ls in zip(spec.decoder_layers(model), arch.layers)]
         hid = _hidden_scores(model, spec, sc, aggregation) if hidden else None
     return GroupScores(layers=out, hidden=hid)
 
 
-def _hidden_scores(model, spec, sc: _Scorer, aggregation: str) -> torch.Tensor:
+def layer_scores(sc: Scorer, spec, layer: nn.Module, ls, hd: int, aggregation: str = "sum") -> LayerScores:
+    """One decoder layer's query-head, K/V-group and MLP-channel scores (the layer-by-layer engine
+    calls this while the layer's weights are resident)."""
+    with torch.no_grad():
+        q, k, v, o = spec.qkvo(layer)
+        q_h, o_h = sc.rows(q, hd), sc.cols(o, hd)
+        heads = aggregate([q_h, o_h], aggregation)
+        k_h, v_h = sc.rows(k, hd), sc.rows(v, hd)
+        index = torch.tensor(ls.kv_map, device=q_h.device)
+        q_kv = torch.zeros(ls.n_kv, device=q_h.device).index_add_(0, index, q_h)
+        o_kv = torch.zeros(ls.n_kv, device=q_h.device).index_add_(0, index, o_h)
+        kv = aggregate([q_kv, k_h, v_h, o_kv], aggregation)
+        gate, up, down = spec.gate_up_down(layer)
+        mlp = aggregate([sc.rows(gate, 1), sc.rows(up, 1), sc.cols(down, 1)], aggregation)
+    return LayerScores(heads=heads.cpu(), kv=kv.cpu(), mlp=mlp.cpu())
+
+
+def _hidden_scores(model, spec, sc: Scorer, aggregation: str) -> torch.Tensor:
     per = []
     embed = get_path(model, spec.embed)
     per.append(_reduce(sc.element(embed.weight), 1, 1, sc.metric.signed))
