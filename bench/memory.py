@@ -4,7 +4,9 @@ Each run is its own process (``llmsculpt.prune(path, ...)``: the real prune of a
 itself, in place, surgery included, nothing saved; ``sculpt prune --dry-run`` would deep-copy the
 model for the iterative planners, a copy a real prune does not make) measured from outside: peak RSS with
 ``/usr/bin/time -v`` on the CPU (on CUDA the child prints ``torch.cuda.max_memory_allocated``).
-Models: the default (SmolLM2-135M) and a 0.5B-class Qwen2 shape (hidden 896, 24 layers, 14 heads /
+A method written ``flap:lbl`` (any forward-only method) runs ``layer_by_layer=True``: streamed from the
+safetensors files one layer at a time and written as it goes (so that row includes the save; the
+whole-model rows do not save). Models: the default (SmolLM2-135M) and a 0.5B-class Qwen2 shape (hidden 896, 24 layers, 14 heads /
 2 KV heads, MLP 4864, vocabulary 151,936, tied embeddings, q/k/v bias) with random weights, written
 once as BF16 safetensors to ``--cache``. ``--src DIR`` runs another checkout (e.g. a ``git worktree``
 of the previous commit at /tmp/before) for before/after numbers; such a checkout may lack
@@ -12,6 +14,7 @@ of the previous commit at /tmp/before) for before/after numbers; such a checkout
 
     nice -n 5 python bench/memory.py [--models default,qwen05b] [--methods adaptive,flap,uniform]
         [--dtypes float32,bfloat16] [--steps 2] [--src /tmp/before/src] [--json out.json]
+    nice -n 5 python bench/memory.py --models qwen05b --methods flap,flap:lbl,wanda-sp,wanda-sp:lbl --dtypes bfloat16
 """
 
 from __future__ import annotations
@@ -48,10 +51,13 @@ def qwen05b_dir(cache: Path) -> Path:
     return out
 
 
-CHILD = """import json, sys, llmsculpt
+CHILD = """import json, sys, tempfile, llmsculpt
 model, method, dtype, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+layered = method.endswith(":lbl")  # layer by layer: streamed from the files and written as it goes
+method = method.removesuffix(":lbl")
 kw = {"options": {"steps": steps}} if method == "adaptive" else {}
 kw |= {"dtype": dtype} if dtype != "-" else {}
+kw |= {"layer_by_layer": True, "out": tempfile.mkdtemp() + "/out"} if layered else {}
 r = llmsculpt.prune(model, method=method, ratio=0.25, **kw).report
 print(json.dumps({"params_before": r["params_before"], "seconds": r["seconds"]}))
 """

@@ -68,14 +68,16 @@ def prepare(work: Path, ratio: float) -> dict[str, str]:
     base = load("smollm2-135m", device="cpu")
     text = DATA.read_text(encoding="utf-8")[:1_000_000]
     dirs = {}
-    for name, method in (("dense", None), (f"uniform {ratio:.0%}", "uniform"), (f"adaptive {ratio:.0%}", "adaptive")):
+    for name, method in (("dense", None), (f"uniform {ratio:.0%}", "uniform"),
+                         (f"adaptive {ratio:.0%} --serve vllm", "adaptive")):
         out = work / name.split()[0]
         dirs[name] = str(out)
         if (out / "config.json").is_file():
             continue
         model = base.model
         if method is not None:
-            cfg = PruneConfig(method=method, ratio=ratio, seed=0, options={"steps": 3} if method == "adaptive" else {})
+            cfg = PruneConfig(method=method, ratio=ratio, seed=0, serve="vllm",  # shapes vLLM runs without padding
+                              options={"steps": 3} if method == "adaptive" else {})
             cfg.data.n_samples = 8
             model = prune(copy.deepcopy(base.model), inplace=True, tokenizer=base.tokenizer, config=cfg, calib_text=text).model
         layout = plan_layout(model)

@@ -119,6 +119,17 @@ def test_sharded_measuring_pass_equals_the_local_one(tmp_path):
     assert got["loss"] == pytest.approx(m.loss, rel=1e-5)
     assert torch.allclose(got["importance"], m.layer, atol=1e-6)
     _same(got["grad"], {k: v.detach() for k, v in m.grad.items()}, atol=1e-6)
+    # the shard-local vectors (no whole gradient assembled: the script forbids the gather) equal the
+    # vectors one process reduces from whole gradients
+    from llmsculpt.importance import get_metric
+    from llmsculpt.importance.groups import GroupReducer
+
+    reducer = GroupReducer(model, [get_metric("taylor"), get_metric("taylor_vector")])
+    local = LocalEngine().measure(model, batch, Needs(grad=True), reducer=reducer).reduced
+    assert set(got["reduced"]) == set(local) and all(set(got["reduced"][k]) == set(local[k]) for k in local)
+    for key in local:
+        for vec, want in local[key].items():
+            assert torch.allclose(got["reduced"][key][vec], want, rtol=1e-4, atol=1e-7), (key, vec)
 
 
 @pytest.mark.slow  # ~40 s of two-process runs; the default run keeps the plain sharded and DDP cases

@@ -12,7 +12,7 @@ import llmsculpt
 from llmsculpt.cli.main import main
 from llmsculpt.errors import SculptError
 from llmsculpt.models.loading import load
-from llmsculpt.models.placement import parse_dtype, resolve_device
+from llmsculpt.models.placement import parse_dtype, place, resolve_device
 from llmsculpt.plan import Plan
 from llmsculpt.structures.shapes import architecture
 from llmsculpt.surgery import apply_plan
@@ -65,7 +65,7 @@ def test_bf16_prune_saves_bf16_and_reloads_exactly(family, tmp_path):
 
 
 def test_heterogeneous_bf16_round_trip(tmp_path):
-    model = tiny_model("tiny-mistral").to(torch.bfloat16)
+    model = place(tiny_model("tiny-mistral"), dtype=torch.bfloat16)  # rotary tables fp32, as loading keeps them
     plan = Plan.keep_all(architecture(model))
     plan.layers[1].mlp = list(range(7))  # per-layer widths: our own config class
     apply_plan(model, plan)

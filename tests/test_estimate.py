@@ -28,6 +28,10 @@ QWEN25_7B = {  # Qwen/Qwen2.5-7B
 }
 
 
+LLAMA_31_70B = {**LLAMA_31_8B, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+                "num_attention_heads": 64}  # meta-llama/Llama-3.1-70B: the 8B's config but these
+
+
 def _config_dir(tmp_path, name, cfg):
     d = tmp_path / name
     d.mkdir()
@@ -52,6 +56,22 @@ def test_8b_class_adaptive_bf16_fits_one_48gb_gpu(tmp_path, capsys, name, cfg, p
     one, several = (estimate(d, method="adaptive", dtype="bfloat16", micro_batch=m) for m in (None, 1))
     assert one.breakdown["gradients"] < 0.1 * one.weights_bytes
     assert several.breakdown["gradients"] > one.breakdown["gradients"] + 3 * params
+
+
+def test_70b_layer_by_layer_flap_fits_one_80gb_device_and_adaptive_fits_over_eight(tmp_path, capsys):
+    d = _config_dir(tmp_path, "llama-3.1-70b", LLAMA_31_70B)
+    assert main(["estimate", "--model", str(d), "--method", "flap", "--layer-by-layer", "--device", "cuda",
+                 "--budget", "80GB", "--json"]) == 0
+    flap = json.loads(capsys.readouterr().out)
+    assert flap["params"] == 70_553_706_496 and flap["weights_bytes"] > 140e9  # the whole model: 141 GB
+    assert flap["fits"] and flap["peak_bytes"] < 0.15 * flap["weights_bytes"]
+    whole = estimate(d, method="flap", dtype="bfloat16", device="cuda", budget=parse_bytes("80GB"))
+    assert not whole.fits  # the reason to go layer by layer
+    assert main(["estimate", "--model", str(d), "--method", "adaptive", "--devices", "8", "--device", "cuda",
+                 "--budget", "80GB", "--json"]) == 0
+    sharded = json.loads(capsys.readouterr().out)
+    assert sharded["fits"] and sharded["peak_bytes"] <= 80e9
+    assert main(["estimate", "--model", str(d), "--method", "adaptive", "--layer-by-layer"]) == 2  # gradients
 
 
 def test_parse_bytes_and_bad_input(tmp_path):

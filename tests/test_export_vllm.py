@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from llmsculpt.errors import SculptError
 from llmsculpt.io.export_vllm import export_vllm, layer_layout, plan_layout
+from llmsculpt.models.placement import place
 from llmsculpt.models.sculpt_modeling import add_output_biases
 from llmsculpt.plan import Plan
 from llmsculpt.structures.shapes import LayerShape, architecture
@@ -124,7 +125,7 @@ def _check_export(tmp_path, model, tok, family, per_layer, bias, route):
 
 def test_per_layer_qwen3_refused_before_writing(tmp_path):
     model, tok = vllm_case("tiny-qwen3", per_layer=True)
-    with pytest.raises(SculptError, match=r"layer \d+: .*q/k norms.*--method uniform"):
+    with pytest.raises(SculptError, match=r"layer \d+: .*q/k norms.*--serve vllm"):
         export_vllm(model, tok, tmp_path / "served")
     assert not (tmp_path / "served").exists() and list(tmp_path.iterdir()) == []
 
@@ -166,7 +167,7 @@ def test_cli_keeps_the_checkpoint_dtype(tmp_path):
     from safetensors import safe_open
 
     model, tok = vllm_case("tiny-llama", per_layer=True)
-    save_pruned(model.to(torch.bfloat16), tok, tmp_path / "pruned")
+    save_pruned(place(model, dtype=torch.bfloat16), tok, tmp_path / "pruned")
     code, _, err = cli("export", "--model", str(tmp_path / "pruned"), "--format", "vllm", "--out", str(tmp_path / "s"))
     assert code == 0, err
     with safe_open(str(tmp_path / "s" / "model.safetensors"), "pt") as f:
@@ -196,7 +197,7 @@ def test_llmsculpt_load_of_nas_export_bf16_and_uniform_qwen2(tmp_path):
     import llmsculpt
 
     model, tok = vllm_case("tiny-llama", per_layer=True)
-    model = model.to(torch.bfloat16)
+    model = place(model, dtype=torch.bfloat16)  # rotary tables stay fp32, as loading keeps them
     out = export_vllm(model, tok, tmp_path / "bf16")
     loaded = llmsculpt.load(out, device="cpu", dtype="auto").model
     assert next(loaded.parameters()).dtype == torch.bfloat16
@@ -287,7 +288,7 @@ def test_hf_export_keeps_the_checkpoint_dtype(tmp_path):
     from llmsculpt.io.save import save_pruned
 
     model, tok = vllm_case("tiny-llama", fewer_heads=True)  # uniform: a plain config describes it
-    save_pruned(model.to(torch.bfloat16), tok, tmp_path / "pruned")
+    save_pruned(place(model, dtype=torch.bfloat16), tok, tmp_path / "pruned")
     code, _, err = cli("export", "--model", str(tmp_path / "pruned"), "--format", "hf", "--out", str(tmp_path / "h"))
     assert code == 0, err
     loaded = llmsculpt.load(tmp_path / "h", device="cpu", dtype="auto").model

@@ -304,7 +304,7 @@ def test_prune_cli_passes_round_to_and_a_recipe_can_set_it(tmp_path, capsys):
         assert all((96 - c) % want == 0 for c in widths)
 
 
-@pytest.mark.parametrize("value", [0, -32, 1.5, "32", True, None])
+@pytest.mark.parametrize("value", [0, -32, 1.5, "32", True])  # None: the --serve runtime's default (test_serve.py)
 def test_bad_round_to_is_refused_in_one_line(value):
     for make in (lambda: PruneConfig(round_to=value), lambda: PruneScope(round_to=value),
                  lambda: AccelConfig(target_params=1000, round_to=value),

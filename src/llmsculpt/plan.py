@@ -176,7 +176,9 @@ class Plan:
             mlp = len(lp.mlp) if lp.mlp is not None else ls.mlp
             layers.append(LayerShape(n_heads=len(heads), n_kv=len(kvs), mlp=mlp, kv_map=kv_map))
         hidden = len(self.hidden) if self.hidden is not None else arch.hidden
-        return replace(arch, hidden=hidden, layers=tuple(layers))
+        biased = {u.module for u in self.updates if u.param == "bias"}  # surgery gives every layer this bias
+        return replace(arch, hidden=hidden, layers=tuple(layers), o_bias=arch.o_bias or "o_proj" in biased,
+                       down_bias=arch.down_bias or "down_proj" in biased)
 
     def compose(self, later: "Plan") -> "Plan":
         """One plan equivalent to applying ``self`` and then ``later`` (made on the result).

@@ -11,16 +11,26 @@ count: the nearest one, or, when units and channels are ranked together, the all
 taken in whole steps. Its MLP keeps at least the narrowest allowed width. Once the solver has
 found S, the MLP widths are apportioned to multiples of N, so the total lands as near the target
 as the multiples allow.
+
+Hidden (stem) channels (``PruneScope.hidden`` = r > 0): the hidden width loses the fraction r·S of
+its original width, S the solver's common sparsity (r = 1: the same fraction as heads and MLP
+channels of a uniform layer). A layer's parameters depend on hidden × (heads, MLP), so the solver
+counts the whole model at the trial width: it first finds the S that reaches the target with the
+hidden width moving with it, fixes that width, then solves S again for the layers alone, so the
+total lands on the target to within MLP channels rather than whole hidden channels (each one is
+a column of every layer plus the embeddings).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from llmsculpt.allocation.rounding import allowed, apportion, head_step, nearest
+from llmsculpt.allocation.serving import serve_rules, tie_budgets
 from llmsculpt.config import check_round_to
+from llmsculpt.config.prune import check_hidden_rate
 from llmsculpt.errors import SculptError
 from llmsculpt.importance.groups import GroupScores, LayerScores
 from llmsculpt.plan import Plan
@@ -43,14 +53,17 @@ class PruneScope:
     # ranked together by importance per parameter, lowest removed until the layer's target)
     split: str = "proportional"
     round_to: int = 1  # kept MLP widths and query heads × head_dim multiples of this (1: any)
+    hidden: float = 0.0  # hidden (stem) channels lose hidden × S of their width (0: untouched)
+    serve: str = "any"  # runtime whose shapes the budgets keep to (allocation/serving.py: tie_budgets)
 
     def __post_init__(self):
         if self.attn_unit not in ("kv", "head"):
             raise SculptError(f"attn_unit must be 'kv' or 'head', got {self.attn_unit!r}")
         if self.split not in SPLITS:
             raise SculptError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if not (self.attention or self.mlp):
+        if not (self.attention or self.mlp or self.hidden):
             raise SculptError("nothing to prune: both attention and MLP are excluded")
+        check_hidden_rate(self.hidden)
         check_round_to(self.round_to)
 
     def layer_ids(self, n_layers: int) -> list[int]:
@@ -65,6 +78,22 @@ class LayerBudget:
     mlp_channels: int = 0
     removed_params: int = 0
     meta: dict = field(default_factory=dict)
+
+
+class Budgets(dict):
+    """{layer: LayerBudget} as the solver found them; ``hidden`` is the hidden width to keep
+    (None: unchanged). The layers' budgets are counted at that width."""
+
+    hidden: int | None = None
+
+
+def hidden_width(arch: Architecture, base: Architecture, s: float, scope: PruneScope) -> int:
+    """The hidden width at common sparsity ``s``: ``base.hidden`` less the fraction hidden·s, never
+    above the current width, at least 1 (with ``round_to``: the nearest allowed width)."""
+    ideal = base.hidden * (1 - min(max(s * scope.hidden, 0.0), MAX_SPARSITY))
+    if scope.round_to > 1:
+        return nearest(min(ideal, arch.hidden), allowed(arch.hidden, scope.round_to))
+    return min(arch.hidden, max(1, round(ideal)))
 
 
 def _attn_unit_params(arch: Architecture, ls: LayerShape, unit: str) -> tuple[int, int]:
@@ -193,8 +222,9 @@ def solve_uniform_offset(
     offsets: dict[int, float] | None = None,
     original: Architecture | None = None,
     scores: GroupScores | None = None,
-) -> tuple[float, dict[int, LayerBudget]]:
-    """Find S so that layers with sparsity S − offsets[i] (clipped) remove ≈ ``remove`` params.
+) -> tuple[float, Budgets]:
+    """Find S so that layers with sparsity S − offsets[i] (clipped) remove ≈ ``remove`` params
+    (with ``scope.hidden``, together with the hidden channels; see the module docstring).
 
     Sparsities are cumulative relative to ``original`` (default: ``arch``, i.e. one-shot); the
     budgets say what to remove from ``arch`` now. Returns the smallest S whose removal reaches the
@@ -209,34 +239,52 @@ def solve_uniform_offset(
     if len(base.layers) != len(arch.layers):
         raise SculptError("original and current architectures have different layer counts")
 
-    def budgets(s: float) -> dict[int, LayerBudget]:
-        return {
+    def at(s: float, width: int | None) -> Architecture:
+        """``arch`` at the hidden width to count with: ``width`` if fixed, else the one ``s`` gives."""
+        if not scope.hidden:
+            return arch
+        width = hidden_width(arch, base, s, scope) if width is None else width
+        return arch if width == arch.hidden else replace(arch, hidden=width)
+
+    def budgets(s: float, width: int | None = None) -> Budgets:
+        a = at(s, width)
+        out = Budgets({
             i: counts_for_sparsity(
-                arch, arch.layers[i], s - offsets.get(i, 0.0), scope, base.layers[i],
+                a, a.layers[i], s - offsets.get(i, 0.0), scope, base.layers[i],
                 scores.layers[i] if scores is not None else None,
             )
             for i in ids
-        }
+        })
+        tie_budgets(a, out, scope)  # --serve: equal shapes where the runtime needs them
+        out.hidden = a.hidden if a.hidden != arch.hidden else None
+        return out
 
-    def removed(s: float) -> int:
-        return sum(b.removed_params for b in budgets(s).values())
+    def removed(s: float, width: int | None = None) -> int:
+        stem = arch.param_count() - at(s, width).param_count() if scope.hidden else 0
+        return stem + sum(b.removed_params for b in budgets(s, width).values())
 
-    hi = 1.0 + max([abs(v) for v in offsets.values()] + [0.0])
-    if removed(hi) < remove:
+    def smallest(width: int | None) -> float:
+        lo, hi = -top, top
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if removed(mid, width) >= remove:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    top = 1.0 + max([abs(v) for v in offsets.values()] + [0.0])
+    if removed(top) < remove:
         raise SculptError(
-            f"cannot remove {remove:,} parameters from the selected layers (at most {removed(hi):,}); "
+            f"cannot remove {remove:,} parameters from the selected layers (at most {removed(top):,}); "
             "lower the ratio, widen the layer range or allow more structure types"
         )
-    lo = 0.0 - hi
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if removed(mid) >= remove:
-            hi = mid
-        else:
-            lo = mid
-    found = budgets(hi)
-    if scope.round_to > 1 and scope.mlp:
-        _round_mlp(arch, found, remove, scope)
+    width = hidden_width(arch, base, smallest(None), scope) if scope.hidden else None
+    hi = smallest(width)
+    found = budgets(hi, width)
+    if scope.round_to > 1 and scope.mlp and not serve_rules(arch, scope.serve).tie_mlp:  # tied: already allowed
+        a = at(hi, width)
+        _round_mlp(a, found, remove - (arch.param_count() - a.param_count()), scope)
     return hi, found
 
 
@@ -262,8 +310,15 @@ def _lowest(scores: torch.Tensor, k: int) -> set[int]:
 
 
 def select_plan(arch: Architecture, scores: GroupScores, budgets: dict[int, LayerBudget], scope: PruneScope) -> Plan:
-    """Keep everything except, per layer, the lowest-scored attention units and MLP channels."""
+    """Keep everything except, per layer, the lowest-scored attention units and MLP channels (and
+    the lowest-scored hidden channels down to ``budgets.hidden``)."""
     plan = Plan.keep_all(arch)
+    width = getattr(budgets, "hidden", None)
+    if width is not None and width < arch.hidden:
+        if scores.hidden is None:
+            raise SculptError("pruning hidden channels needs hidden-channel scores (score_groups(..., hidden=True))")
+        drop = _lowest(scores.hidden, arch.hidden - width)
+        plan.hidden = [d for d in range(arch.hidden) if d not in drop]
     for i, b in budgets.items():
         ls, lp, sc = arch.layers[i], plan.layers[i], scores.layers[i]
         if b.attn_units:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -36,12 +36,16 @@ class PruneOutcome:
             return self.plan.resulting(architecture(self.model))
         return architecture(self.model)
 
-    def save(self, out: str | os.PathLike, *, overwrite: bool = False, plots: bool = False) -> Path:
-        """Write the model, plan, report and ``recipe.yaml`` atomically; ``plots`` adds PNGs (matplotlib)."""
+    def save(self, out: str | os.PathLike, *, overwrite: bool = False, plots: bool = False, write=None) -> Path:
+        """Write the model, plan, report and ``recipe.yaml`` atomically; ``plots`` adds PNGs (matplotlib).
+        ``write(tmp_dir)`` writes the model instead of the usual save (the layer-by-layer save)."""
         from llmsculpt.io.save import save_pruned
 
         if self.report.get("dry_run"):
             raise SculptError("a dry run has no pruned model to save; prune without dry_run")
+        if write is None and any(p.is_meta for p in self.model.parameters()):
+            raise SculptError("this model was pruned layer by layer and written as it went (prune(..., out=DIR)); "
+                              "load that directory to save it elsewhere")
 
         def draw(directory):
             from llmsculpt.io.plots import plot_report
@@ -50,7 +54,7 @@ class PruneOutcome:
 
         extra = {RECIPE_FILE: self.recipe.dumps_yaml()} if self.recipe is not None else None
         return save_pruned(self.model, self.tokenizer, out, plan=self.plan, report=self.report, overwrite=overwrite,
-                           extra_files=extra, after=draw if plots else None)
+                           extra_files=extra, after=draw if plots else None, write=write)
 
 
 def _calibration_fn(tokenizer, data: DataConfig, calib_text: str | None):
@@ -102,6 +106,10 @@ def prune(
     cfg.check_options()  # unknown method or option: before anything is loaded
     if out is not None and not dry_run:
         check_out_dir(out, overwrite)
+    if _layer_by_layer(cfg, model, device):
+        return _prune_layer_by_layer(model, cfg, tokenizer=tokenizer, calib_text=calib_text, dry_run=dry_run,
+                                     out=out, overwrite=overwrite, plots=plots, eval_text=eval_text,
+                                     eval_windows=eval_windows, device=device)
     micro_batch = fit_or_refuse(model if isinstance(model, nn.Module) else cfg.model, method=cfg.method,
                                 dtype=cfg.dtype, n_samples=cfg.data.n_samples, seq_len=cfg.data.seq_len,
                                 budget=cfg.budget, device=device, command="this prune")
@@ -145,6 +153,119 @@ def prune(
     return outcome
 
 
+def _layer_by_layer(cfg: PruneConfig, model, device) -> bool:
+    """Whether this prune runs layer by layer: asked for, or ``auto`` and the whole-model run is
+    predicted not to fit (the budget in force, else on the CPU the memory available now)."""
+    from llmsculpt.api._layerwise import LAYERWISE_METHODS, check_layerwise
+
+    if cfg.layer_by_layer is True:
+        check_layerwise(cfg)
+        return True
+    if cfg.layer_by_layer != "auto" or cfg.method not in LAYERWISE_METHODS or getattr(cfg, "hidden", False):
+        return False
+    from llmsculpt.api._budget import budget_in_force
+    from llmsculpt.eval.memory_estimate import available_host_memory, estimate
+    from llmsculpt.models.placement import source_dtype
+
+    limit, _ = budget_in_force(cfg.budget, device)
+    limit = limit or available_host_memory()
+    source = model if isinstance(model, nn.Module) else cfg.model
+    working = next(model.parameters()).dtype if isinstance(model, nn.Module) else source_dtype(cfg.model, cfg.dtype)
+    whole = estimate(source, method=cfg.method, dtype=working, n_samples=cfg.data.n_samples, seq_len=cfg.data.seq_len)
+    return limit is not None and whole.peak_bytes > limit
+
+
+def _prune_layer_by_layer(model, cfg: PruneConfig, *, tokenizer, calib_text, dry_run: bool, out, overwrite: bool,
+                          plots: bool, eval_text, eval_windows, device) -> PruneOutcome:
+    """The prune with one decoder layer resident (api/_layerwise.py): a safetensors directory is
+    streamed layer by layer and written layer by layer; anything else is loaded and its layers are
+    moved to the device one at a time."""
+    from llmsculpt.api._layerwise import Streamed, engine_for, layerwise_perplexity, output_perplexity, streams_from_files
+    from llmsculpt.io.layerwise_save import write_layer_by_layer
+    from llmsculpt.methods import PruneContext, get_method
+
+    directory = streams_from_files(model if model is not None else cfg.model)
+    _fits_layer_by_layer(directory or (model if model is not None else cfg.model), cfg, device,
+                         windows=eval_windows if eval_text is not None and not dry_run else 0)
+    if directory is None:  # loaded whole on the host: the same plan, the layers visit the device in turn
+        from llmsculpt.models.placement import resolve_device
+
+        loaded, tokenizer, _ = model_and_tokenizer(model, tokenizer, replace(cfg, layer_by_layer=False), device="cpu")
+        streamed, residency = None, None
+        engine = engine_for(loaded, device=resolve_device(device))
+    else:
+        if out is None and not dry_run:
+            raise SculptError("--layer-by-layer on a checkpoint directory writes the pruned model as it goes: "
+                              "give --out DIR (or use --dry-run)")
+        streamed = Streamed(directory, dtype=cfg.dtype, device=device, lm_head=eval_text is not None and not dry_run)
+        loaded, tokenizer, residency = streamed.model, streamed.tokenizer, streamed.residency
+        engine = engine_for(loaded, residency)
+    calib = _calibration_fn(tokenizer, cfg.data, calib_text)
+    source = architecture(loaded)
+    calib(cfg.seed)
+    score = eval_text is not None and not dry_run
+    ppl_before = (layerwise_perplexity(loaded, engine.residency, tokenizer, eval_text, cfg.data.seq_len, eval_windows)
+                  if score else None)
+    t0 = time.perf_counter()
+    result = get_method(cfg.method).plan(PruneContext(model=loaded, tokenizer=tokenizer, config=cfg, calibration=calib,
+                                                      engine=engine))
+    result.plan.meta.update({"method": cfg.method, "seed": cfg.seed})
+    after = result.plan.resulting(source).param_count()
+    report = {
+        "method": cfg.method, "config": cfg.to_dict(), "params_before": source.param_count(), "params_after": after,
+        "achieved_ratio": 1 - after / source.param_count(), "target_ratio": cfg.removal_target(source.param_count())
+        / source.param_count(), "seconds": time.perf_counter() - t0, "layer_by_layer": True,
+        "uniform_layers": result.plan.resulting(source).is_uniform, "original_architecture": source.to_dict(),
+        "history": result.history,
+    }
+    if dry_run:
+        return PruneOutcome(model=loaded, tokenizer=tokenizer, plan=result.plan, report={**report, "dry_run": True},
+                            recipe=cfg)
+    if streamed is None:  # in memory: surgery as usual
+        from llmsculpt.surgery import apply_plan
+
+        pruned = apply_plan(loaded, result.plan)
+        if score:
+            report.update(ppl_before=ppl_before, ppl_windows=eval_windows,
+                          ppl_after=_ppl(pruned, tokenizer, eval_text, cfg.data.seq_len, eval_windows))
+        outcome = PruneOutcome(model=pruned, tokenizer=tokenizer, plan=result.plan, report=report, recipe=cfg)
+        if out is not None and is_main():
+            outcome.save(out, overwrite=overwrite, plots=plots)
+        return outcome
+    if score:
+        report.update(ppl_before=ppl_before, ppl_windows=eval_windows)
+    outcome = PruneOutcome(model=loaded, tokenizer=tokenizer, plan=result.plan, report=report, recipe=cfg)
+
+    def write(tmp: Path) -> dict:
+        arch = write_layer_by_layer(loaded, residency, result.plan, tokenizer, tmp)
+        if score:  # read back from what was just written, one layer at a time (before the report is)
+            report["ppl_after"] = output_perplexity(tmp, device=device, text=eval_text, seq_len=cfg.data.seq_len,
+                                                    windows=eval_windows)
+        return arch
+
+    if is_main():
+        outcome.save(out, overwrite=overwrite, plots=plots, write=write)
+    return outcome
+
+
+def _fits_layer_by_layer(source, cfg: PruneConfig, device, *, windows: int) -> None:
+    """Refuse, before loading, a layer-by-layer prune predicted not to fit the budget in force."""
+    from llmsculpt.api._budget import budget_in_force
+    from llmsculpt.eval.memory_estimate import estimate
+    from llmsculpt.models.placement import resolve_device, source_dtype
+
+    limit, origin = budget_in_force(cfg.budget, device)
+    if limit is None:
+        return
+    working = next(source.parameters()).dtype if isinstance(source, nn.Module) else source_dtype(source, cfg.dtype)
+    e = estimate(source, method=cfg.method, dtype=working, n_samples=cfg.data.n_samples, seq_len=cfg.data.seq_len,
+                 device=resolve_device(device).type, layer_by_layer=True, eval_windows=windows or 0)
+    if e.peak_bytes > limit:
+        raise SculptError(f"this prune, even layer by layer, would need about {e.peak_bytes / 1e9:.1f} GB at its peak, "
+                          f"more than {origin} ({limit / 1e9:.1f} GB): lower --n-samples, --seq-len or --eval-windows, "
+                          "or use a device with more memory; `sculpt estimate --layer-by-layer` shows the breakdown")
+
+
 def _plan_and_apply(model, tokenizer, cfg: PruneConfig, calib, *, progress: bool, dry_run: bool, inplace: bool,
                     micro_batch: int | None = None):
     """(pruned model or None for a dry run, PruneResult) through the planners (llmsculpt.methods);
@@ -163,3 +284,4 @@ def _ppl(model, tokenizer, text: str, seq_len: int, max_windows: int | None = No
     from llmsculpt.eval.perplexity import perplexity
 
     return perplexity(model, tokenizer, text, seq_len=seq_len, max_windows=max_windows).ppl
+

@@ -40,6 +40,13 @@ def add_budget_argument(p: argparse.ArgumentParser) -> None:
                         "the device's free memory)")
 
 
+def add_serve_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--serve", default=None, choices=["any", "uniform", "vllm", "llamacpp"],
+                   help="plan only shapes this runtime serves exactly: uniform (a plain family checkpoint), vllm "
+                        "(export --format vllm: one query-head count, per-layer MLP widths), llamacpp (GGUF deci; "
+                        "--round-to defaults to 32); default any")
+
+
 def add_output_arguments(p: argparse.ArgumentParser, *, resume: bool = False) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 
 from llmsculpt.cli._common import (add_budget_argument, add_config_argument, add_fsdp_argument, add_model_argument,
-                                   add_output_arguments, add_placement_arguments, recipe_from_args)
+                                   add_output_arguments, add_placement_arguments, add_serve_argument,
+                                   recipe_from_args)
 
 # flag -> recipe field (AccelConfig), all None unless given, so a --config file's values stand
 FIELDS = ("model", "target_params", "ratio", "data", "format", "skip_bad", "phases", "data_allocation", "seq_len",
           "batch_size", "lr", "min_lr", "schedule", "mode", "distill", "temperature", "prune_steps",
-          "checkpoint_every", "optimizer_state", "seed", "round_to", "dtype", "budget")
+          "checkpoint_every", "optimizer_state", "seed", "round_to", "serve", "dtype", "budget")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="after each pruning: new AdamW (reset, default) or keep the surviving moments (carry)")
     add_fsdp_argument(p)
     p.add_argument("--seed", type=int, default=None)
+    add_serve_argument(p)
     p.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="pruned widths (MLP, query heads × head_dim) are multiples of N; "
                         "32 lets a q8_0 GGUF export quantise every weight (default 1: any width)")

@@ -18,6 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=128, help="calibration sample length (default 128)")
     p.add_argument("--devices", type=int, default=1, help="devices the weights are sharded over (default 1)")
     p.add_argument("--device", default="cpu", help="cpu (RSS, runtime included) or cuda (allocated memory only)")
+    p.add_argument("--layer-by-layer", action="store_true",
+                   help="one decoder layer resident at a time (forward-only methods: flap, wanda-sp, magnitude, shortgpt)")
+    p.add_argument("--eval-windows", type=int, default=0,
+                   help="perplexity windows scored before and after (layer by layer: lm_head is then resident)")
     p.add_argument("--budget", default=None, help="memory per device, e.g. 48GB: say whether the run fits")
     p.add_argument("--json", action="store_true", help="print params, weights_bytes, peak_bytes, fits, breakdown")
 
@@ -30,12 +34,14 @@ def run(args: argparse.Namespace) -> int:
     budget = parse_bytes(args.budget) if args.budget else None
     device = "cuda" if args.device.startswith("cuda") else "cpu"
     e = estimate(args.model if args.model is not None else "smollm2-135m", method=args.method, dtype=args.dtype,
-                 n_samples=args.n_samples, seq_len=args.seq_len, devices=args.devices, device=device, budget=budget)
+                 n_samples=args.n_samples, seq_len=args.seq_len, devices=args.devices, device=device, budget=budget,
+                 layer_by_layer=args.layer_by_layer, eval_windows=args.eval_windows)
     if args.json:
         emit_json(e.to_dict())
         return 0
     gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
-    print(f"{args.method} prune, {args.dtype}, {args.n_samples} × {args.seq_len} samples, micro-batch {e.micro_batch}: "
+    mode = ", layer by layer" if args.layer_by_layer else ""
+    print(f"{args.method} prune{mode}, {args.dtype}, {args.n_samples} × {args.seq_len} samples, micro-batch {e.micro_batch}: "
           f"{e.params:,} params")
     for part, size in e.breakdown.items():
         print(f"  {part:13} {gb(size):>10}")

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 
 from llmsculpt.cli._common import (add_budget_argument, add_config_argument, add_fsdp_argument, add_model_argument,
-                                   add_output_arguments, add_placement_arguments, recipe_from_args)
+                                   add_output_arguments, add_placement_arguments, add_serve_argument,
+                                   recipe_from_args)
 
 FIELDS = ("model", "target_params", "data", "cycle", "quantum", "metric", "types", "fixed_order", "obs", "seq_len",
-          "batch_size", "lr", "min_lr", "continue_steps", "seed", "round_to", "checkpoint_every", "dtype", "budget")
+          "batch_size", "lr", "min_lr", "continue_steps", "seed", "round_to", "serve", "checkpoint_every", "dtype", "budget")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-lr", type=float, default=None, help="default: lr / 10")
     p.add_argument("--continue-steps", type=int, default=None, help="training steps after the budget is met (default 0)")
     p.add_argument("--seed", type=int, default=None)
+    add_serve_argument(p)
     p.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="pruned widths (MLP, query heads × head_dim, hidden) are multiples of N; "
                         "32 lets a q8_0 GGUF export quantise every weight (default 1: any width)")

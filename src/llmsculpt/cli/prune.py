@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from llmsculpt.cli._common import (add_budget_argument, add_config_argument, add_model_argument,
-                                   add_placement_arguments, emit_json, recipe_from_args)
+                                   add_placement_arguments, add_serve_argument, emit_json, recipe_from_args)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-attention", dest="attention", action="store_const", const=False, default=None,
                    help="do not prune attention")
     p.add_argument("--no-mlp", dest="mlp", action="store_const", const=False, default=None, help="do not prune MLP channels")
+    p.add_argument("--hidden", nargs="?", type=float, const=1.0, default=None, metavar="RATE",
+                   help="also prune hidden (stem) channels: embedding, norms, every layer's in/out projections and "
+                        "lm_head; the hidden width loses RATE × the layers' sparsity (--hidden alone: RATE 1, the "
+                        "same fraction as heads and MLP channels). uniform, magnitude, wanda-sp, adaptive")
     p.add_argument("--calib", default=None, help="calibration text/JSONL file or dataset (default: embedded text)")
     p.add_argument("--n-samples", type=int, default=None, help="calibration samples (default 10)")
     p.add_argument("--seq-len", type=int, default=None, help="calibration sample length (default 128)")
@@ -33,6 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="pruned widths (MLP, query heads × head_dim) are multiples of N; "
                         "32 lets a q8_0 GGUF export quantise every weight (default 1: any width)")
+    p.add_argument("--layer-by-layer", nargs="?", const=True, default=None, type=_layer_mode, metavar="auto",
+                   help="one decoder layer resident at a time (magnitude, wanda-sp, flap, shortgpt): a safetensors "
+                        "checkpoint is read and written layer by layer; 'auto': only when the whole model would not fit")
+    add_serve_argument(p)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option (repeatable)")
     p.add_argument("--eval-text", default=None, help="text file for perplexity before/after (default: held-out part of the embedded text)")
     p.add_argument("--eval-windows", type=int, default=40, help="windows scored for that perplexity (default 40)")
@@ -45,6 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list-methods", action="store_true", help="list pruning methods and exit")
 
 
+def _layer_mode(value: str):
+    if value != "auto":
+        raise argparse.ArgumentTypeError(f"expected nothing or 'auto', got {value!r}")
+    return value
+
+
 def build_config(args: argparse.Namespace):
     """The effective prune recipe: ``--config`` (or the defaults), the flags given, then ``--option``s."""
     import yaml
@@ -53,7 +67,8 @@ def build_config(args: argparse.Namespace):
     from llmsculpt.errors import SculptError
 
     names = ("model", "ratio", "target_params", "method", "metric", "aggregation", "layers", "attn_unit", "split",
-             "seed", "round_to", "dtype", "budget", "attention", "mlp", "calib", "n_samples", "seq_len")
+             "seed", "round_to", "serve", "dtype", "budget", "attention", "mlp", "calib", "n_samples", "seq_len", "hidden",
+             "layer_by_layer")
     cfg = recipe_from_args(PruneConfig, args, **{n: getattr(args, n) for n in names})
     options = {}
     for item in args.option:

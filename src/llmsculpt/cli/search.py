@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 
-from llmsculpt.cli._common import add_config_argument, add_model_argument, add_placement_arguments, recipe_from_args
+from llmsculpt.cli._common import (add_config_argument, add_model_argument, add_placement_arguments, add_serve_argument,
+                                   recipe_from_args)
 
 FIELDS = ("model", "ratio", "target_params", "trials", "timeout", "sampler", "n_samples", "pool_size", "seq_len",
-          "calib", "eval_text", "eval_windows", "seed", "round_to", "dtype")
+          "calib", "eval_text", "eval_windows", "seed", "round_to", "serve", "dtype")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="text file(s) scored per trial (default: embedded held-out text)")
     p.add_argument("--eval-windows", type=int, default=None, help="default 16")
     p.add_argument("--seed", type=int, default=None)
+    add_serve_argument(p)
     p.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="pruned widths (MLP, query heads × head_dim) are multiples of N; "
                         "32 lets a q8_0 GGUF export quantise every weight (default 1: any width; kept in best.yaml)")

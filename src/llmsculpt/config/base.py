@@ -83,6 +83,22 @@ def check_round_to(value) -> int:
     return value
 
 
+SERVE_MODES = ("any", "uniform", "vllm", "llamacpp")  # --serve: the runtime the plan must run in exactly
+SERVE_ROUND_TO = {"llamacpp": 32}  # --round-to when not given: q8_0 quantises rows in blocks of 32
+
+
+def check_serve(value) -> str:
+    """``serve`` as given, if it names a runtime (allocation/serving.py); else a one-line error."""
+    if value not in SERVE_MODES:
+        raise SculptError(f"serve must be one of {', '.join(SERVE_MODES)}, got {value!r}")
+    return value
+
+
+def round_to_for(round_to: int | None, serve: str = "any") -> int:
+    """``round_to`` as given, or the default of the ``serve`` runtime when it is None (llamacpp: 32, else 1)."""
+    return check_round_to(round_to) if round_to is not None else SERVE_ROUND_TO.get(serve, 1)
+
+
 def check_ratio(ratio: float | None, target_params: int | None, *, default: float | None = None) -> float | None:
     """The one meaning of ``ratio`` in every recipe: the fraction of parameters removed, in [0, 1),
     given instead of ``target_params`` (never both). Returns the ratio, ``default`` if neither is set."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from llmsculpt.config.base import Recipe, check_budget, check_ratio, check_round_to, parse_count
+from llmsculpt.config.base import Recipe, check_budget, check_ratio, check_round_to, check_serve, parse_count
 from llmsculpt.errors import SculptError
 
 # mini-group types of pruning-aware training (EfficientLLM)
@@ -59,7 +59,8 @@ class AccelConfig(Recipe):
     checkpoint_every: int = 50
     optimizer_state: str = "reset"  # reset | carry: AdamW moments across a pruning (train/optim_carry.py)
     seed: int = 0
-    round_to: int = 1  # every phase's plan keeps MLP widths and query heads × head_dim multiples of this
+    round_to: int | None = None  # every phase's plan keeps MLP widths and query heads × head_dim multiples of this
+    serve: str = "any"  # every phase's plan only has shapes this runtime serves (allocation/serving.py)
     dtype: str = "float32"
     budget: str | int | None = None  # memory per device, e.g. "24GB": a run predicted not to fit is refused up front
 
@@ -77,7 +78,9 @@ class AccelConfig(Recipe):
         _check_data_format(self.format)
         if self.batch_size < 1 or self.phases < 1:
             raise SculptError("batch size and phases must be >= 1")
-        check_round_to(self.round_to)
+        if self.round_to is not None:
+            check_round_to(self.round_to)
+        check_serve(self.serve)
         check_budget(self.budget)
 
     def resolved(self, original_params: int) -> "AccelConfig":
@@ -113,7 +116,8 @@ class PretrainPruneConfig(Recipe):
     min_lr: float = 1e-5
     continue_steps: int = 0
     seed: int = 0
-    round_to: int = 1  # pruned widths (hidden, MLP, query heads × head_dim) multiples of this; 1: any
+    round_to: int | None = None  # pruned widths (hidden, MLP, query heads × head_dim) multiples of this; 1: any
+    serve: str = "any"  # every step only makes shapes this runtime serves (allocation/serving.py)
     model: str | None = None
     data: str | None = None  # plain-text corpus
     seq_len: int = 256
@@ -140,7 +144,9 @@ class PretrainPruneConfig(Recipe):
         bad = set(self.types) - set(MINI_GROUP_TYPES) | set(self.fixed_order or ()) - set(MINI_GROUP_TYPES)
         if bad:
             raise SculptError(f"unknown mini-group types {sorted(bad)}; choose from {', '.join(MINI_GROUP_TYPES)}")
-        check_round_to(self.round_to)
+        if self.round_to is not None:
+            check_round_to(self.round_to)
+        check_serve(self.serve)
         check_budget(self.budget)
 
 

@@ -108,6 +108,18 @@ def architecture_of(name):
     return architecture(meta_model(name))
 
 
+def available_host_memory() -> int | None:
+    """Bytes the host can still give (MemAvailable of /proc/meminfo), None where that is unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def scored_params(arch) -> int:
     """Parameters the gradient passes score (measure.scored_parameters): every decoder Linear's
     weight and bias, i.e. the decoder layers without their norms."""
@@ -150,6 +162,8 @@ def estimate(
     budget: int | None = None,
     micro_batch: int | None = None,
     training: Training | None = None,
+    layer_by_layer: bool = False,
+    eval_windows: int = 0,
 ) -> Estimate:
     """Predict the peak memory per device of ``method`` on the model ``name`` (a name or path: its
     config only; or a model object), with ``micro_batch`` samples per pass (default: the engine's own
@@ -169,6 +183,16 @@ def estimate(
     backward = method in GRAD_METHODS
     micro = max(1, min(micro_batch or engine_micro_batch(method, n_samples, seq_len), n_samples))
     tokens = micro * seq_len
+    if layer_by_layer:
+        if backward or training is not None:
+            raise SculptError(f"layer by layer runs forward-only methods ({', '.join(sorted(FORWARD_METHODS))}), "
+                              f"not {method}")
+        parts = _layerwise_parts(arch, item, n_samples=n_samples, seq_len=seq_len, micro=micro, windows=eval_windows,
+                                 cpu=torch.device(device).type == "cpu")
+        working_set = parts["layer"] + parts["activations"] + parts["logits_chunk"]
+        peak = parts["runtime"] + parts["weights"] + max(working_set, parts["copy_through"])  # not at once
+        return Estimate(params=params, weights_bytes=params * item, peak_bytes=peak, breakdown=parts,
+                        micro_batch=micro, fits=None if budget is None else peak <= budget, budget_bytes=budget)
     parts = {
         "runtime": RUNTIME_CPU if torch.device(device).type == "cpu" else 0,
         "weights": params * item // devices,
@@ -197,3 +221,34 @@ def _training_parts(arch, params: int, item: int, training: Training, devices: i
     logits = min(CHUNK_ELEMENTS, tokens * arch.vocab) * (item + 4 + 4) * 2
     return {"training_state": state, "training_activations": acts + logits,
             "teacher": params * item // devices if training.teacher else 0}
+
+
+def _layerwise_parts(arch, item: int, *, n_samples: int, seq_len: int, micro: int, windows: int, cpu: bool,
+                     same_dtype: bool = True) -> dict:
+    """What the layer-by-layer prune holds at its peak (api/_layerwise.py, io/layerwise_save.py).
+
+    Tensors read in their stored dtype stay memory-mapped: a resident layer costs its file pages, and
+    the embedding only the rows the calibration tokens touch (counted as nothing); in another dtype
+    every tensor read is a copy (the embedding whole). ``layer``: one decoder layer, plus, in the
+    save, its pruned copy and one matrix's serialised bytes, or, while scoring, a matrix in fp32 and
+    its element scores, whichever is larger. ``activations``: the carried hidden states of the whole
+    batch (a layer's input and output) and one micro-batch's working set inside the layer. lm_head is
+    resident (and wholly read) when perplexity is measured. Copying the embedding / lm_head into the
+    output moves one chunk of bytes at a time (the whole tensor when it is converted)."""
+    from llmsculpt.eval.chunked_loss import CHUNK_ELEMENTS
+    from llmsculpt.io.layerwise_save import COPY_CHUNK
+
+    embed = arch.vocab * arch.hidden * item
+    head = embed if windows and not arch.tied else 0
+    largest = max(arch.layer_params(ls) for ls in arch.layers) * item
+    matrix = max(arch.hidden * max(ls.mlp, ls.n_heads * arch.head_dim) for ls in arch.layers)
+    tokens = max(n_samples * seq_len, windows * seq_len)
+    working = max(_layer_bytes(arch, ls, micro * seq_len, seq_len, item, backward=False) for ls in arch.layers)
+    return {
+        "runtime": RUNTIME_CPU if cpu else 0,
+        "weights": (0 if same_dtype else embed) + head + arch.hidden * item,
+        "layer": largest + max(2 * 4 * matrix, largest + matrix * item),
+        "activations": 2 * tokens * arch.hidden * item + working,
+        "logits_chunk": min(CHUNK_ELEMENTS, 8 * seq_len * arch.vocab) * (item + 8) if windows else 0,
+        "copy_through": COPY_CHUNK if same_dtype else 2 * embed,
+    }

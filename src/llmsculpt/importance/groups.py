@@ -57,38 +57,67 @@ def aggregate(per_tensor: list[torch.Tensor], how: str) -> torch.Tensor:
     raise SculptError(f"unknown aggregation {how!r}; choose one of: {', '.join(AGGREGATIONS)}")
 
 
+def along(e: torch.Tensor, dim: int) -> torch.Tensor:
+    """Element scores summed over everything but ``dim``: one value per row (0) or column (1). Sums of
+    a matrix's row shards (per column) or the concatenation of its row shards' values (per row)
+    give the whole matrix's, which is how a sharded engine reduces its shards (measure/sharded.py)."""
+    return e.float().sum(dim=1 - dim) if e.dim() == 2 else e.float()
+
+
 def _reduce(e: torch.Tensor, dim: int, size: int, signed: bool) -> torch.Tensor:
     """Sum element scores over everything but ``dim``, then over consecutive blocks of ``size``."""
-    v = e.float().sum(dim=1 - dim) if e.dim() == 2 else e.float()
-    v = v.reshape(-1, size).sum(1)
+    v = along(e, dim).reshape(-1, size).sum(1)
     return v.abs() if signed else v
 
 
-def tensor_reductions(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """Parameter name -> (dim, block size) of the vector ``score_groups`` takes from it: q/k/v
+def tensor_reductions(model: nn.Module, *, hidden: bool = False) -> dict[str, list[tuple[int, int]]]:
+    """Parameter name -> the (dim, block size) of each vector ``score_groups`` takes from it: q/k/v
     weights and biases by output rows in heads, o_proj by input columns in heads, gate/up by rows,
-    down_proj by columns (one channel each)."""
+    down_proj by columns (one channel each). With ``hidden`` also the hidden-channel vectors: the
+    input columns of q/k/v/gate/up, the output rows (and biases) of o/down, the embedding's and
+    an untied lm_head's columns and every norm's entries (``_hidden_scores``)."""
     spec, hd = spec_for(model), architecture(model).head_dim
     names = {id(p): n for n, p in model.named_parameters()}
-    out = {}
+    out: dict[str, list[tuple[int, int]]] = {}
+
+    def add(param, dim: int, size: int) -> None:
+        out.setdefault(names[id(param)], []).append((dim, size))
+
     for layer in spec.decoder_layers(model):
         q, k, v, o = spec.qkvo(layer)
         gate, up, down = spec.gate_up_down(layer)
         for lin, dim, size in ((q, 0, hd), (k, 0, hd), (v, 0, hd), (o, 1, hd), (gate, 0, 1), (up, 0, 1), (down, 1, 1)):
-            out[names[id(lin.weight)]] = (dim, size)
+            add(lin.weight, dim, size)
             if dim == 0 and lin.bias is not None:
-                out[names[id(lin.bias)]] = (0, size)
+                add(lin.bias, 0, size)
+        if hidden:
+            for lin in (q, k, v, gate, up):
+                add(lin.weight, 1, 1)
+            for lin in (o, down):
+                add(lin.weight, 0, 1)
+                if lin.bias is not None:
+                    add(lin.bias, 0, 1)
+            for n in spec.layer_norms:
+                add(getattr(layer, n).weight, 0, 1)
+    if hidden:
+        embed, lm_head = get_path(model, spec.embed), get_path(model, spec.lm_head)
+        add(embed.weight, 1, 1)
+        if lm_head.weight is not embed.weight:
+            add(lm_head.weight, 1, 1)
+        add(get_path(model, spec.final_norm).weight, 0, 1)
     return out
 
 
 class GroupReducer:
     """The engine's reducer for gradient metrics (``needs`` within grad / grad_sq): each complete
     gradient becomes, per metric, the one vector ``score_groups`` needs from that tensor, keyed
-    (parameter name, dim, size) under ``metric.name``; the gradient itself is then dropped."""
+    (parameter name, dim, size) under ``metric.name``; the gradient itself is then dropped. With
+    ``hidden`` it also keeps the hidden-channel vectors (the engine must then give the embedding,
+    lm_head and norms gradients: ``Needs(grad_params="hidden")``)."""
 
-    def __init__(self, model: nn.Module, metrics: list[Metric]) -> None:
+    def __init__(self, model: nn.Module, metrics: list[Metric], *, hidden: bool = False) -> None:
         self.metrics = metrics
-        self.plan = tensor_reductions(model)
+        self.plan = tensor_reductions(model, hidden=hidden)
         self.names = set(self.plan)
 
     @staticmethod
@@ -98,10 +127,13 @@ class GroupReducer:
 
     def __call__(self, name: str, param: torch.Tensor, grad: torch.Tensor | None,
                  grad_sq: torch.Tensor | None) -> dict[str, dict]:
-        dim, size = self.plan[name]
         s = TensorStats(weight=param.detach().float(), grad=grad.float() if grad is not None else None,
                         grad_sq=grad_sq.float() if grad_sq is not None else None)
-        return {m.name: {(name, dim, size): _reduce(m.element(s), dim, size, False)} for m in self.metrics}
+        out = {}
+        for m in self.metrics:
+            e = m.element(s)
+            out[m.name] = {(name, dim, size): _reduce(e, dim, size, False) for dim, size in self.plan[name]}
+        return out
 
 
 class Scorer:
@@ -174,17 +206,24 @@ def layer_scores(sc: Scorer, spec, layer: nn.Module, ls, hd: int, aggregation: s
 
 
 def _hidden_scores(model, spec, sc: Scorer, aggregation: str) -> torch.Tensor:
+    """Hidden channel d: the embedding's column d, every norm's entry d, the input column d of
+    q/k/v/gate/up, the output row d of o/down (with bias) and an untied lm_head's column d."""
+
+    def entries(param) -> torch.Tensor:  # a norm / the embedding, with no module (no activations)
+        out = sc.vector(param, None, 1 if param.dim() == 2 else 0, 1)
+        return out.abs() if sc.metric.signed else out
+
     per = []
     embed = get_path(model, spec.embed)
-    per.append(_reduce(sc.element(embed.weight), 1, 1, sc.metric.signed))
+    per.append(entries(embed.weight))
     for layer in spec.decoder_layers(model):
         for n in spec.layer_norms:
-            per.append(_reduce(sc.element(getattr(layer, n).weight), 0, 1, sc.metric.signed))
+            per.append(entries(getattr(layer, n).weight))
         q, k, v, o = spec.qkvo(layer)
         gate, up, down = spec.gate_up_down(layer)
         per += [sc.cols(lin, 1) for lin in (q, k, v, gate, up)]
         per += [sc.rows(o, 1), sc.rows(down, 1)]
-    per.append(_reduce(sc.element(get_path(model, spec.final_norm).weight), 0, 1, sc.metric.signed))
+    per.append(entries(get_path(model, spec.final_norm).weight))
     lm_head = get_path(model, spec.lm_head)
     if lm_head.weight is not embed.weight:
         per.append(sc.cols(lm_head, 1))

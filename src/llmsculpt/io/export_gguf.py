@@ -70,23 +70,31 @@ def gguf_target(arch: Architecture) -> Target:
     """The llama.cpp architecture for ``arch``, or a SculptError saying why there is none."""
     mt, het = arch.model_type, not arch.is_uniform
     if arch.o_bias or arch.mlp_bias or arch.down_bias:
-        raise SculptError(f"GGUF export: this {mt} model has biases on o_proj or the MLP, which the llama.cpp "
-                          "graphs for this family do not have; export with --format hf instead")
+        raise SculptError(f"GGUF export: layer 0: this {mt} model has biases on o_proj or the MLP, which the "
+                          "llama.cpp graphs for this family do not have (FLAP adds them; --serve llamacpp refuses "
+                          "such a plan up front); export with --format hf instead")
     if mt in ("llama", "mistral"):
         if arch.qkv_bias:
-            raise SculptError(f"GGUF export: this {mt} model has q/k/v biases (attention_bias), which llama.cpp's "
-                              "llama/deci graphs do not load; export with --format hf instead")
+            raise SculptError(f"GGUF export: layer 0: this {mt} model has q/k/v biases (attention_bias), which "
+                              "llama.cpp's llama/deci graphs do not load (--serve llamacpp refuses it up front); "
+                              "export with --format hf instead")
         return Target("deci" if het else "llama", permute_qk=True, heterogeneous=het)
     if mt in ("qwen2", "qwen3"):
         if het:
             raise SculptError(
-                f"GGUF export of a heterogeneous {mt} model is not supported: llama.cpp's only architecture with "
+                f"GGUF export of a heterogeneous {mt} model (layer {_first_odd(arch)} differs from layer 0) is not "
+                "supported: llama.cpp's only architecture with "
                 f"per-layer head counts and MLP widths (deci) has no {'q/k/v biases' if mt == 'qwen2' else 'q/k norms'}. "
-                "Uniform qwen2/qwen3 models export fine; for this one use --format hf "
-                "(llmsculpt.load or transformers with trust_remote_code=True)"
+                "Uniform qwen2/qwen3 models export fine (prune with --serve llamacpp or --serve uniform); for this one "
+                "use --format hf (llmsculpt.load or transformers with trust_remote_code=True)"
             )
         return Target(mt, permute_qk=False, heterogeneous=False)
     raise SculptError(f"GGUF export supports llama, mistral, qwen2 and qwen3 models, not {mt!r}")
+
+
+def _first_odd(arch: Architecture) -> int:
+    first = arch.layers[0]
+    return next((i for i, ls in enumerate(arch.layers) if ls != first or not ls.is_grouped_evenly), 0)
 
 
 def _permute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:

@@ -15,9 +15,10 @@ Which layout is written is decided from the modules (never from the config), bef
 vLLM's route has one query-head count for all layers. Every layer is therefore padded to the largest
 count with zero q rows (and zero q bias) and zero o_proj columns: a zero query scores every position
 equally and its output meets zero o_proj columns, so the logits are unchanged. This keeps the K/V-cache
-and k/v savings, not the q/o compute of the padded heads. Cluster-attention layers (``kv_map``: query
-heads spread unevenly over K/V heads) are laid out in equal groups of ``g`` slots, duplicating a K/V head
-only when it serves more than ``g`` query heads (the largest ``g`` dividing the global count that fits
+and k/v savings, not the q/o compute of the padded heads (``served_params`` counts them); a plan made
+with ``--serve vllm`` (allocation/serving.py) has one head count already and needs none.
+Cluster-attention layers (``kv_map``: query heads spread unevenly over K/V heads) are laid out in
+equal groups of ``g`` slots, duplicating a K/V head only when it serves more than ``g`` query heads (the largest ``g`` dividing the global count that fits
 is chosen, so the fewest K/V heads are cached). Biases the route implies but the model lacks (k/v/gate/up
 when only o_proj/down_proj have one) are written as zeros: vLLM silently drops bias tensors its config
 does not declare, so the declaration always covers every bias we have.
@@ -48,7 +49,8 @@ from llmsculpt.structures.shapes import Architecture, LayerShape, architecture
 
 NAS_FILES = ("configuration_decilm.py", "modeling_decilm.py")
 _NAS_FAMILIES = ("llama", "mistral", "qwen2")
-_AVOID = "prune with --method uniform (uniform shapes export with the family's own config)"
+_AVOID = "prune with --serve uniform (uniform shapes export with the family's own config)"
+_AVOID_FAMILY = "prune with --serve vllm (for this family it keeps every layer the same shape) or --serve uniform"
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def _check_nas(model: nn.Module, arch: Architecture) -> None:
     if mt not in _NAS_FAMILIES:
         what = "has no per-head q/k norms (Qwen3)" if arch.head_norms else f"does not cover the {mt} family"
         raise SculptError(f"{where}: per-layer shapes or o_proj/down_proj-only biases need vLLM's Nemotron-NAS "
-                          f"route, which {what}; {_AVOID}")
+                          f"route, which {what}; {_AVOID_FAMILY}")
     act = getattr(cfg, "hidden_act", "silu")
     if act != "silu":
         raise SculptError(f"{where}: vLLM's Nemotron-NAS route runs SiLU MLPs only, this model uses {act!r}; "
@@ -174,6 +176,17 @@ def nas_state_dict(model: nn.Module, layout: VllmLayout) -> dict[str, torch.Tens
             if layout.mlp_bias:
                 sd[f"{p}mlp.{name}.bias"] = lin.bias if lin.bias is not None else torch.zeros_like(lin.weight[:, 0])
     return {name: t.detach().to("cpu").contiguous() for name, t in sd.items()}
+
+
+def served_params(model: nn.Module) -> int:
+    """Parameters vLLM holds and multiplies for ``model`` as exported: padded query heads (zero q rows,
+    zero o_proj columns) and padding K/V heads count, as the runtime runs them (tied embeddings once)."""
+    from llmsculpt.structures.shapes import count_params
+
+    layout = plan_layout(model)
+    if layout.route == "family":
+        return count_params(model)
+    return sum(t.numel() for t in nas_state_dict(model, layout).values())
 
 
 _CARRIED = ("vocab_size", "hidden_size", "max_position_embeddings", "rms_norm_eps", "rope_parameters",

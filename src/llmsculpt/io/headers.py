@@ -17,8 +17,9 @@ from llmsculpt.structures.shapes import Architecture, LayerShape
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the header's size
 
 
-def safetensors_header(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """{tensor name: shape} from one .safetensors file's header (reads the header bytes only)."""
+def safetensors_entries(path: str | os.PathLike) -> tuple[int, dict[str, dict]]:
+    """(byte offset where the tensor data starts, {tensor name: {dtype, shape, data_offsets}}) of one
+    .safetensors file (reads the header bytes only)."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -28,7 +29,12 @@ def safetensors_header(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
             header = json.loads(f.read(size))
     except (OSError, ValueError, struct.error) as exc:
         raise SculptError(f"{path} is not a readable safetensors file: {exc}") from exc
-    return {name: tuple(info["shape"]) for name, info in header.items() if name != "__metadata__"}
+    return 8 + size, {name: info for name, info in header.items() if name != "__metadata__"}
+
+
+def safetensors_header(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} from one .safetensors file's header (reads the header bytes only)."""
+    return {name: tuple(info["shape"]) for name, info in safetensors_entries(path)[1].items()}
 
 
 def safetensors_shapes(directory: str | os.PathLike) -> dict[str, tuple[int, ...]]:

@@ -130,15 +130,21 @@ def _usual_modes(directory: Path) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def write_model_files(model: nn.Module, tokenizer, directory: Path) -> dict:
-    """Write weights, config (vanilla or heterogeneous) and tokenizer into ``directory``."""
+def write_model_files(model: nn.Module, tokenizer, directory: Path, *, weights: bool = True) -> dict:
+    """Write weights, config (vanilla or heterogeneous) and tokenizer into ``directory``; without
+    ``weights`` the config alone (the layer-by-layer save writes the weights itself)."""
     arch = sync_config(model)
     vanilla = is_vanilla(model.config)
     original_config = model.config
     if not vanilla:  # save through our config class: the family's may refuse these shapes
         model.config = sculpt_modeling.SCULPT_CLASSES[arch.model_type][0].from_dict(original_config.to_dict())
     try:
-        model.save_pretrained(directory, safe_serialization=True)
+        if weights:
+            model.save_pretrained(directory, safe_serialization=True)
+        else:
+            model.config.save_pretrained(directory)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(directory)
     finally:
         model.config = original_config
     if tokenizer is not None:
@@ -174,13 +180,16 @@ def save_pruned(
     overwrite: bool = False,
     extra_files: dict[str, str] | None = None,
     after=None,
+    write=None,
 ) -> Path:
     """Atomically write model + tokenizer + ``plan.json`` + ``sculpt_report.json`` + a model card
     (``README.md``, io/model_card.py) to ``out``.
 
-    ``after(tmp_dir)``, if given, may add files before the directory is moved into place."""
+    ``after(tmp_dir)``, if given, may add files before the directory is moved into place;
+    ``write(tmp_dir) -> architecture dict``, if given, writes the model instead of
+    :func:`write_model_files` (the layer-by-layer save)."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        arch = write_model_files(model, tokenizer, tmp)
+        arch = write(tmp) if write is not None else write_model_files(model, tokenizer, tmp)
         if plan is not None:
             plan.save(tmp / "plan.json")
         full_report = {"architecture": arch, **(report or {}), "versions": versions()}

@@ -13,13 +13,14 @@ tests); the decoder layers' inputs and one layer's recomputed activations (``che
 default: measure/checkpointing.py); one chunk of vocabulary logits (the loss is computed from the
 hidden states in chunks of tokens, :mod:`llmsculpt.eval.chunked_loss`). Gradients exist only on the
 scored parameters (``scored_parameters``: the decoder layers' Linear weights and biases, plus the
-input embedding for EfficientLLM's saliency; lm_head and norms never get one).
+input embedding for EfficientLLM's saliency; lm_head and norms only for hidden-channel scores).
 """
 
 from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -55,7 +56,8 @@ class Measurements:
 
 def scored_parameters(model: nn.Module, which: str = "linear") -> dict[str, nn.Parameter]:
     """The parameters whose gradients are measured: every Linear weight/bias inside the decoder
-    layers; with ``which="saliency"`` also the input embedding (EfficientLLM's stem saliency)."""
+    layers; with ``which="saliency"`` also the input embedding (EfficientLLM's stem saliency); with
+    ``which="hidden"`` the embedding, an untied lm_head and every norm weight too (hidden-channel scores)."""
     spec = spec_for(model)
     prefix = spec.layers + "."
     out = {}
@@ -63,8 +65,15 @@ def scored_parameters(model: nn.Module, which: str = "linear") -> dict[str, nn.P
         if mname.startswith(prefix) and isinstance(mod, nn.Linear):
             for pname, p in mod.named_parameters(recurse=False):
                 out[f"{mname}.{pname}"] = p
-    if which == "saliency":
+    if which in ("saliency", "hidden"):
         out[f"{spec.embed}.weight"] = get_path(model, spec.embed).weight
+    if which == "hidden":
+        names = {id(p): n for n, p in model.named_parameters()}
+        norms = [get_path(model, spec.final_norm)] + [getattr(layer, n) for layer in spec.decoder_layers(model)
+                                                       for n in spec.layer_norms]
+        for p in [get_path(model, spec.lm_head).weight] + [norm.weight for norm in norms]:
+            if id(p) in names:  # a tied lm_head is the embedding, already in
+                out.setdefault(names[id(p)], p)
     return out
 
 
@@ -161,6 +170,10 @@ class LocalEngine:
         out.hessians = dict(hess) if hess is not None else None
         return out
 
+    def each_layer(self, model: nn.Module, fn: Callable[[int, nn.Module], object]) -> list:
+        """``fn(i, layer)`` for every decoder layer (the planners' per-layer work on weights)."""
+        return each_layer(model, fn)
+
     def agree(self, plan):
         return plan
 
@@ -208,6 +221,12 @@ class LocalEngine:
             loss.backward()
             stream.finish()
         return float(loss.item())
+
+
+def each_layer(model: nn.Module, fn: Callable[[int, nn.Module], object]) -> list:
+    """``fn(i, layer)`` for every decoder layer of a resident model, without autograd."""
+    with torch.no_grad():
+        return [fn(i, layer) for i, layer in enumerate(spec_for(model).decoder_layers(model))]
 
 
 def _scored(model: nn.Module, needs: Needs, reducer: Reducer | None) -> dict[str, nn.Parameter]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 
 from llmsculpt.errors import SculptError
 
-GRAD_PARAMS = ("linear", "saliency")
+GRAD_PARAMS = ("linear", "saliency", "hidden")
 HESSIANS = ("outputs", "all")
 
 
@@ -26,7 +26,8 @@ class Needs:
     decoder layer changes its input; ``moments``: o_proj/down_proj input mean and variance;
     ``hessians``: X Xᵀ of the o_proj/down_proj inputs ("outputs"), plus q_proj's and gate_proj's
     ("all"); ``grad_params``: which parameters get gradients ("linear": the decoder layers' Linear
-    weights and biases; "saliency": those and the input embedding); ``forward``: run a forward pass
+    weights and biases; "saliency": those and the input embedding; "hidden": those, the embedding,
+    an untied lm_head and every norm, for hidden-channel scores); ``forward``: run a forward pass
     even if nothing else is needed.
     """
 

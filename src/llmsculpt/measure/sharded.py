@@ -15,9 +15,12 @@ Two kinds of batch (see :class:`llmsculpt.measure.local.LocalEngine`):
 - a training share dict with ``loss_scale`` (EfficientLLM's pruning step, DDP or FSDP): one pass of
   the model's own loss × scale; ``grad`` and ``hessians`` are supported.
 
-With a ``reducer`` (importance.groups.GroupReducer) the main process reduces each gathered gradient
-to group-score vectors at once (``Measurements.reduced``) and keeps none whole; the shards' own
-gradients live on their processes until the gather. (Decoder layers are not checkpointed here.)
+With a ``reducer`` (importance.groups.GroupReducer) under FSDP2 every process reduces the gradient
+of its own shard (its rows of each matrix) to the reducer's vectors, and only those vectors cross
+processes (per-column partial sums all-reduced, per-row values gathered): no whole gradient is ever
+assembled anywhere (``_reduce_shard``). Under DDP the gradients are whole already and the main
+process reduces them. Without a reducer whole gradients are gathered into the main process's plain
+copy. (Decoder layers are not checkpointed here.)
 """
 
 from __future__ import annotations
@@ -37,6 +40,20 @@ from llmsculpt.measure.needs import Needs
 def _full(grad: torch.Tensor) -> torch.Tensor:
     """A whole gradient: FSDP's DTensor shards are gathered (collective); DDP's are whole already."""
     return grad.full_tensor() if hasattr(grad, "full_tensor") else grad
+
+
+def _shard_local(p, reducer, name: str) -> bool:
+    """Whether ``p``'s gradient is reduced where it lives: an FSDP2 shard (a DTensor on dim 0) that
+    the reducer turns into vectors (DDP gradients are whole already: the main process reduces them)."""
+    if reducer is None or name not in reducer.names or not hasattr(p.grad, "to_local"):
+        return False
+    return all(pl.is_shard(0) for pl in p.grad.placements)
+
+
+def _chunk_rows(rows: int, world: int, rank: int) -> int:
+    """Rows of a dim-0 shard on ``rank``, as ``torch.chunk`` splits them (the last shards may be short or empty)."""
+    chunk = math.ceil(rows / world)
+    return max(0, min(chunk, rows - rank * chunk))
 
 
 class ShardedEngine:
@@ -88,11 +105,43 @@ class ShardedEngine:
         deliver = deliverer(out, reducer, needs)
         for name, p in self.net.named_parameters():
             name = name.removeprefix("module.")  # DDP's wrapper
-            if p.grad is not None and name in scored:
+            if p.grad is not None and name in scored and _shard_local(p, reducer, name):
+                self._reduce_shard(name, p, reducer, out)  # only score vectors cross processes
+                p.grad = None
+            elif p.grad is not None and name in scored:
                 grad = _full(p.grad)  # every process takes part in the gather
                 p.grad = None
                 if self.decides:
                     deliver(name, scored[name], grad.cpu() if self.procs.sharded else grad.detach(), None)
+
+    def _reduce_shard(self, name: str, p: nn.Parameter, reducer, out: Measurements) -> None:
+        """``p``'s gradient reduced to the reducer's vectors where it lives: each process scores its own
+        rows (FSDP2 shards dim 0 as ``torch.chunk`` does), per-column sums are added over processes and
+        per-row values concatenated; the deciding process keeps the vectors. Collective."""
+        import torch.distributed as dist
+
+        from llmsculpt.importance.base import TensorStats
+        from llmsculpt.importance.groups import along
+
+        grad, weight = p.grad.to_local(), p.to_local()
+        rows, world = p.shape[0], self.procs.world
+        chunk = math.ceil(rows / world)
+        s = TensorStats(weight=weight.detach().float(), grad=grad.float())
+        for metric in reducer.metrics:
+            e = metric.element(s)
+            for dim, size in reducer.plan[name]:
+                v = along(e, dim)
+                if dim == 1 and e.dim() == 2:  # per column: the shards' partial sums add up
+                    dist.all_reduce(v)
+                    whole = v
+                else:  # per row: each process holds its rows' values
+                    padded = torch.zeros(chunk, dtype=v.dtype, device=v.device)
+                    padded[: v.shape[0]] = v
+                    parts = [torch.empty_like(padded) for _ in range(world)]
+                    dist.all_gather(parts, padded)
+                    whole = torch.cat([part[: _chunk_rows(rows, world, r)] for r, part in enumerate(parts)])
+                if self.decides:
+                    out.reduced.setdefault(metric.name, {})[(name, dim, size)] = whole.reshape(-1, size).sum(1).cpu()
 
     def _calibration(self, model: nn.Module, batch: torch.Tensor, needs: Needs, reducer=None) -> Measurements:
         unsupported = [n for n in ("grad_sq", "act", "moments", "hessians") if getattr(needs, n)]

@@ -68,6 +68,10 @@ class Method:
     options: type = NoOptions
 
     def plan(self, ctx: PruneContext) -> PruneResult:
+        from llmsculpt.allocation.serving import check_servable
+
+        cfg = ctx.config  # --serve: what no plan of this method could serve is refused before measuring
+        check_servable(ctx.model, cfg.serve, method=self.name, layers=cfg.layers, attention=cfg.attention, mlp=cfg.mlp)
         return self.planner(ctx)
 
 

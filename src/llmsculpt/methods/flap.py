@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from llmsculpt.allocation.rounding import allowed, apportion, head_step, nearest
+from llmsculpt.allocation.serving import tie_drop
 from llmsculpt.importance.fluctuation import fluctuation, standardise
 from llmsculpt.measure import Needs
 from llmsculpt.methods.base import PruneContext, PruneResult, check_options, register
@@ -45,19 +46,22 @@ def flap(ctx: PruneContext) -> PruneResult:
     ids = scope.layer_ids(len(arch.layers))
     h, hd = arch.hidden, arch.head_dim
     moments = ctx.engine.measure(model, ctx.calibration(cfg.seed), Needs(moments=True)).moments
-    layers = spec.decoder_layers(model)
     candidates = []  # (standardised score, layer, kind, index, params)
-    attn_scores, mlp_scores = {}, {}
-    for i in ids:
-        _, _, _, o = spec.qkvo(layers[i])
-        _, _, down = spec.gate_up_down(layers[i])
+
+    def layer_scores(i: int, layer) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if i not in ids:
+            return None
+        _, _, _, o = spec.qkvo(layer)
+        _, _, down = spec.gate_up_down(layer)
         ls = arch.layers[i]
         per_head = fluctuation(o.weight, moments.attn[i]).view(ls.n_heads, hd).sum(1)
         if scope.attn_unit == "kv":
-            attn_scores[i] = torch.zeros(ls.n_kv).index_add_(0, torch.tensor(ls.kv_map), per_head)
-        else:
-            attn_scores[i] = per_head
-        mlp_scores[i] = fluctuation(down.weight, moments.mlp[i])
+            per_head = torch.zeros(ls.n_kv).index_add_(0, torch.tensor(ls.kv_map), per_head)
+        return per_head, fluctuation(down.weight, moments.mlp[i])
+
+    scored = ctx.engine.each_layer(model, layer_scores)  # weights resident one layer at a time if need be
+    attn_scores = {i: scored[i][0] for i in ids}
+    mlp_scores = {i: scored[i][1] for i in ids}
     attn_all = standardise(torch.cat([attn_scores[i] for i in ids])) if scope.attention else None
     mlp_all = standardise(torch.cat([mlp_scores[i] for i in ids])) if scope.mlp else None
     a_off = m_off = 0
@@ -76,10 +80,13 @@ def flap(ctx: PruneContext) -> PruneResult:
     remove = cfg.removal_target(arch.param_count())
     bias_cost = len(arch.layers) * 2 * h  # compensation biases added below
     drop = _choose(candidates, remove + bias_cost, arch, scope.attn_unit)
+    drop = tie_drop(drop, candidates, remove + bias_cost, arch, scope)  # --serve vllm: one head count
     if scope.round_to > 1:
         drop = _round_drop(drop, candidates, remove + bias_cost, arch, scope)
     plan = _plan_from(arch, drop, scope.attn_unit)
-    for i, (o_bias, down_bias) in enumerate(_compensation(model, spec, arch, plan, moments, hd)):
+    compensation = ctx.engine.each_layer(model, lambda i, layer: _compensation(spec, layer, arch.layers[i], plan.layers[i],
+                                                                             moments, i, hd))
+    for i, (o_bias, down_bias) in enumerate(compensation):
         plan.updates += [Update(layer=i, module="o_proj", param="bias", op="add", value=o_bias),
                          Update(layer=i, module="down_proj", param="bias", op="add", value=down_bias)]
     return PruneResult(plan=plan, history={"removed_units": {k: len(v) for k, v in drop.items()}, "bias_params": bias_cost})
@@ -148,20 +155,16 @@ def _plan_from(arch, drop, unit: str) -> Plan:
     return plan
 
 
-def _compensation(model, spec, arch, plan: Plan, moments, hd: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer, W[:, removed] @ E[x_removed] for o_proj and down_proj, from the dense weights."""
-    out = []
-    for i, (layer, lp) in enumerate(zip(spec.decoder_layers(model), plan.layers)):
-        _, _, _, o = spec.qkvo(layer)
-        _, _, down = spec.gate_up_down(layer)
-        ls = arch.layers[i]
-        kept_heads = set(lp.heads) if lp.heads is not None else set(range(ls.n_heads))
-        cols_o = [q * hd + d for q in range(ls.n_heads) if q not in kept_heads for d in range(hd)]
-        kept_mlp = set(lp.mlp) if lp.mlp is not None else set(range(ls.mlp))
-        cols_d = [c for c in range(ls.mlp) if c not in kept_mlp]
-        out.append((_mean_contribution(o.weight, moments.attn[i].mean, cols_o),
-                    _mean_contribution(down.weight, moments.mlp[i].mean, cols_d)))
-    return out
+def _compensation(spec, layer, ls, lp, moments, i: int, hd: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer ``i``'s W[:, removed] @ E[x_removed] for o_proj and down_proj, from its dense weights."""
+    _, _, _, o = spec.qkvo(layer)
+    _, _, down = spec.gate_up_down(layer)
+    kept_heads = set(lp.heads) if lp.heads is not None else set(range(ls.n_heads))
+    cols_o = [q * hd + d for q in range(ls.n_heads) if q not in kept_heads for d in range(hd)]
+    kept_mlp = set(lp.mlp) if lp.mlp is not None else set(range(ls.mlp))
+    cols_d = [c for c in range(ls.mlp) if c not in kept_mlp]
+    return (_mean_contribution(o.weight, moments.attn[i].mean, cols_o),
+            _mean_contribution(down.weight, moments.mlp[i].mean, cols_d))
 
 
 def _mean_contribution(weight: torch.Tensor, mean: torch.Tensor, cols: list[int]) -> torch.Tensor:

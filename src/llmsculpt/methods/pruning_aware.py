@@ -21,7 +21,9 @@ from __future__ import annotations
 from collections import Counter
 
 from llmsculpt.allocation.rounding import allowed, apportion, head_step
+from llmsculpt.allocation.serving import ServeRules, check_servable, serve_rules, tied_units
 from llmsculpt.config import PretrainPruneConfig
+from llmsculpt.config.base import round_to_for
 from llmsculpt.errors import SculptError
 from llmsculpt.importance.obs import obs_updates
 from llmsculpt.importance.saliency import HESSIAN_METRICS, Saliency, saliency, unit_params
@@ -38,6 +40,7 @@ def plan_step(engine, model, batch, cfg: PretrainPruneConfig, *, quantum: float,
     ``engine``, the deciding process chooses, and every process gets its plan."""
     params = count_params(model)
     arch = architecture(model)
+    check_servable(model, cfg.serve)
     hessian_metric = cfg.metric in HESSIAN_METRICS
     needs = Needs(grad=not hessian_metric, grad_params="saliency", forward=True,
                   hessians=("all" if hessian_metric else "outputs") if cfg.obs or hessian_metric else None)
@@ -62,16 +65,17 @@ def choose(sal: Saliency, arch: Architecture, cfg: PretrainPruneConfig, *, budge
     """The step's mini-group type, its units and every candidate type's mean saliency per parameter.
     ``budget``: parameters this step should remove; ``left``: parameters still above the target."""
     types = [t for t in cfg.types if not (t == "stem" and arch.hidden <= 1)]
-    options = {t: candidates(sal, arch, t, budget, round_to=cfg.round_to) for t in types}
+    round_to, rules = round_to_for(cfg.round_to, cfg.serve), serve_rules(arch, cfg.serve)
+    options = {t: candidates(sal, arch, t, budget, round_to=round_to, rules=rules) for t in types}
     if cfg.fixed_order:
         kind = cfg.fixed_order[prune_done % len(cfg.fixed_order)]
         if kind not in options:
-            options[kind] = candidates(sal, arch, kind, budget, round_to=cfg.round_to)
+            options[kind] = candidates(sal, arch, kind, budget, round_to=round_to, rules=rules)
     else:
         usable = [t for t in options if options[t][0]]
         if not usable:
             raise SculptError("nothing left to prune: every layer is down to one head and one channel")
-        if cfg.round_to > 1:  # multiples make steps coarse: keep to types whose step fits what is left
+        if round_to > 1 or rules.ties:  # multiples / tied layers make steps coarse: keep to types that fit
             size = unit_params(arch)
             freed = {t: len(options[t][0]) * size[t] for t in usable}
             fits = [t for t in usable if freed[t] <= left]
@@ -95,9 +99,10 @@ def _lowest_until(scores: list[tuple[float, tuple]], budget: float, size: float,
 
 
 def candidates(
-    sal: Saliency, arch: Architecture, kind: str, budget: float, *, round_to: int = 1
+    sal: Saliency, arch: Architecture, kind: str, budget: float, *, round_to: int = 1, rules: ServeRules | None = None
 ) -> tuple[list[tuple], float]:
-    """The units of ``kind`` a pruning step would remove, and their mean saliency per parameter."""
+    """The units of ``kind`` a pruning step would remove, and their mean saliency per parameter; with
+    ``rules`` that tie this kind (``--serve``), the same count from every layer (allocation/serving.py)."""
     size = unit_params(arch)[kind]
     if kind == "attention":
         scores = [(float(v), (i, h)) for i, t in enumerate(sal.heads) for h, v in enumerate(t.tolist())]
@@ -110,6 +115,8 @@ def candidates(
     else:
         scores = [(float(v), (d,)) for d, v in enumerate(sal.stem.tolist())]
         ok = lambda key, taken: len(taken) < arch.hidden - 1  # noqa: E731
+    if rules is not None and (rules.tie_attention if kind == "attention" else kind == "mlp" and rules.tie_mlp):
+        return tied_units(scores, arch, kind, budget, size, round_to=round_to)
     taken, mean = _lowest_until(scores, budget, size, ok)
     step = head_step(round_to, arch.head_dim) if kind == "attention" else round_to
     if step == 1:

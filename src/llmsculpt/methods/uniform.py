@@ -2,6 +2,7 @@
 
 Every pruned layer gets the same sparsity; importance picks which heads/channels go:
 ``uniform`` (config metric, Taylor by default), ``magnitude`` (L2), ``wanda-sp`` (|W|·‖X‖).
+With ``hidden`` the hidden width loses hidden × the layers' sparsity as well (allocation/sparsity.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from llmsculpt.methods.base import PruneContext, PruneResult, check_options, register
-from llmsculpt.methods.oneshot import plan_step, score, scope_of
+from llmsculpt.methods.oneshot import hidden_history, plan_step, score, scope_of
 from llmsculpt.plan import Plan
 from llmsculpt.structures.shapes import architecture
 
@@ -25,7 +26,8 @@ def _one_shot(ctx: PruneContext, name: str, metric: str | None = None) -> PruneR
     scope = scope_of(config, len(arch.layers))
     scores = score(ctx.engine, model, ctx.calibration(config.seed), config)
     plan, s, per_layer = plan_step(arch, scores, remove, scope)
-    return PruneResult(plan=plan, history={"sparsity": s, "per_layer": per_layer, "metric": config.metric})
+    history = {"sparsity": s, "per_layer": per_layer, "metric": config.metric, **hidden_history(plan, arch)}
+    return PruneResult(plan=plan, history=history)
 
 
 @register("uniform")

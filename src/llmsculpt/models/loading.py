@@ -224,7 +224,7 @@ def load(
         >>> loaded.model.config.model_type
         'qwen2'
     """
-    from llmsculpt.models.placement import checkpoint_dtype, parse_dtype, resolve_device
+    from llmsculpt.models.placement import checkpoint_dtype, parse_dtype, place, resolve_device
 
     kind, where = resolve_source(name)
     dtype = parse_dtype(dtype)
@@ -241,7 +241,7 @@ def load(
             dtype = checkpoint_dtype(kind, str(directory))
         model, tokenizer = _load_pretrained(directory, dtype=dtype or "auto", hub=(kind == "hub"))
         dtype = dtype or checkpoint_dtype(kind, where, config=model.config)
-    model.to(device=device, dtype=dtype).eval()
+    place(model, device=device, dtype=dtype).eval()
     model.config.dtype = dtype
     from llmsculpt.models.spec import spec_for
 

@@ -92,3 +92,30 @@ def resolve_device(value: str | torch.device | None = None) -> torch.device:
     if device.type not in ("cpu", "cuda", "mps"):
         raise SculptError(f"unsupported device {value!r}; expected {DEVICE_HELP}")
     return device
+
+
+def place(model, *, device=None, dtype: torch.dtype | None = None):
+    """``model.to(device, dtype)`` with its rotary tables (``inv_freq`` buffers, computed from the
+    config, not weights) kept in fp32, as transformers' own bf16 loading keeps them: cast to bf16
+    they would shift the rotary angles of far positions. Returns the model."""
+    tables = {name: buf for name, buf in model.named_buffers() if name.rsplit(".", 1)[-1].endswith("inv_freq")}
+    model.to(device=device, dtype=dtype)
+    for name, buf in tables.items():
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        setattr(module, attr, buf.to(device=device if device is not None else buf.device))
+    return model
+
+
+def fp32_rotary(model):
+    """Recompute, in fp32 from the config, every rotary table a cast left in lower precision (a model
+    the caller moved with ``.to(torch.bfloat16)``), so that a run and its resumption from a
+    checkpoint (loaded with :func:`place`'s fp32 tables) compute the same angles. Returns the model."""
+    for name, module in list(model.named_modules()):
+        inv = getattr(module, "inv_freq", None)
+        if torch.is_tensor(inv) and inv.dtype != torch.float32 and getattr(module, "config", None) is not None:
+            parent, _, attr = name.rpartition(".")
+            with torch.device(inv.device):
+                fresh = type(module)(config=module.config)
+            setattr(model.get_submodule(parent) if parent else model, attr, fresh)
+    return model

@@ -98,7 +98,7 @@ class AccelSchedule:
             if not state["pruned"]:
                 yield MergeLora()
                 pcfg = PruneConfig(method=cfg.prune_method, target_params=self.targets[phase], seed=cfg.seed + phase,
-                                   round_to=cfg.round_to,
+                                   round_to=cfg.round_to, serve=cfg.serve,
                                    options={"steps": cfg.prune_steps} if cfg.prune_method == "adaptive" else {})
                 calib = calibration_windows(data or self.examples, cfg.calib_samples, cfg.calib_len, cfg.seed + phase)
                 yield PruneTo(pcfg, calib, carry=cfg.optimizer_state == "carry" and cfg.mode == "full")

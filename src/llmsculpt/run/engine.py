@@ -245,7 +245,9 @@ def run_schedule(schedule: Schedule, model: nn.Module, tokenizer, *, checkpoint_
     """Perform ``schedule`` on ``model``; returns the model, the composed plan and the log."""
     from tqdm.auto import tqdm
 
-    model = procs.place(model)
+    from llmsculpt.models.placement import fp32_rotary
+
+    model = fp32_rotary(procs.place(model))  # as a resumed run's checkpoint loads them
     run = Run(procs, model, tokenizer, schedule, ckpt=Path(checkpoint_dir) if checkpoint_dir is not None else None,
               every=checkpoint_every, stop_after=stop_after)
     run.state = schedule.start(run)

@@ -187,16 +187,39 @@ def _apply_updates(spec: ArchSpec, model: nn.Module, plan: Plan) -> None:
     position = {lp.index: k for k, lp in enumerate(lp for lp in plan.layers if not lp.drop)}
     layers = spec.decoder_layers(model)
     for u in plan.updates:
+        if u.layer not in position:
+            raise SculptError(f"plan updates layer {u.layer}, which the plan removes")
+        update_layer(spec, layers[position[u.layer]], [u])
+
+
+def update_layer(spec: ArchSpec, layer: nn.Module, updates: list) -> None:
+    """Apply ``updates`` (all of this layer's) to a pruned decoder layer, giving o_proj / down_proj
+    the bias an update needs if it has none yet."""
+    for u in updates:
         if u.value is None:
             raise SculptError(f"plan update of layer {u.layer} {u.module}.{u.param} has no value (plan read without "
                               "its .updates.safetensors file?)")
-        if u.layer not in position:
-            raise SculptError(f"plan updates layer {u.layer}, which the plan removes")
-        layer = layers[position[u.layer]]
-        lin = spec.qkvo(layer)[3] if u.module == "o_proj" else spec.gate_up_down(layer)[2]
+        owner, name = (spec.attention(layer), spec.o) if u.module == "o_proj" else (spec.mlp_module(layer), spec.down)
+        lin = getattr(owner, name)
+        if u.param == "bias" and lin.bias is None:
+            new = nn.Linear(lin.in_features, lin.out_features, bias=True, device=lin.weight.device, dtype=lin.weight.dtype)
+            new.weight = lin.weight
+            new.bias.data.zero_()
+            setattr(owner, name, lin := new)
         param = getattr(lin, u.param)
         if tuple(param.shape) != tuple(u.value.shape):
             raise SculptError(f"plan update of layer {u.layer} {u.module}.{u.param} has shape {tuple(u.value.shape)}, "
                               f"the pruned model's is {tuple(param.shape)}")
         value = u.value.to(device=param.device, dtype=param.dtype)
         param.copy_(value) if u.op == "set" else param.add_(value)
+
+
+@torch.no_grad()
+def prune_layer(spec: ArchSpec, layer: nn.Module, lp: LayerPlan, head_dim: int, updates: list = ()) -> nn.Module:
+    """One decoder layer's part of a plan, in place: its heads and MLP channels, then its updates
+    (the layer-by-layer save prunes one resident layer at a time this way; hidden channels and
+    dropped layers are whole-model changes and are not handled here)."""
+    _prune_attention(spec, layer, lp, layer_shape(spec, layer, head_dim), head_dim)
+    _prune_mlp(spec, layer, lp)
+    update_layer(spec, layer, list(updates))
+    return layer

@@ -96,7 +96,9 @@ def load_nas(directory: str | Path, *, dtype: torch.dtype | str) -> nn.Module:
     rotary = model.model.rotary_emb  # its buffers are not in the state dict: computed again, off the meta device
     model.model.rotary_emb = type(rotary)(config=model.config)
     if isinstance(dtype, torch.dtype):
-        model.to(dtype)
+        from llmsculpt.models.placement import place
+
+        place(model, dtype=dtype)
     return model.eval()
 
 
