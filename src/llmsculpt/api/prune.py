@@ -133,12 +133,8 @@ def prune(
                                      inplace=inplace or loaded_here, micro_batch=micro_batch)
     seconds = time.perf_counter() - t0
     after = result.plan.resulting(source).param_count() if dry_run else count_params(pruned)
-    report = {
-        "method": cfg.method, "config": cfg.to_dict(), "params_before": before, "params_after": after,
-        "achieved_ratio": 1 - after / before, "target_ratio": cfg.removal_target(before) / before,
-        "seconds": seconds, "uniform_layers": (result.plan.resulting(source) if dry_run else architecture(pruned)).is_uniform,
-        "original_architecture": source.to_dict(), "history": result.history,
-    }
+    report = _report(cfg, source, result, params_before=before, params_after=after, seconds=seconds,
+                     uniform=(result.plan.resulting(source) if dry_run else architecture(pruned)).is_uniform)
     if dry_run:
         report["dry_run"] = True
     if score:
@@ -151,6 +147,17 @@ def prune(
     if out is not None and not dry_run and is_main():
         outcome.save(out, overwrite=overwrite, plots=plots)
     return outcome
+
+
+def _report(cfg: PruneConfig, source: Architecture, result, *, params_before: int, params_after: int,
+            seconds: float, uniform: bool) -> dict:
+    """The report of a prune, whole-model or layer by layer (perplexities and flags are added after)."""
+    return {
+        "method": cfg.method, "config": cfg.to_dict(), "params_before": params_before, "params_after": params_after,
+        "achieved_ratio": 1 - params_after / params_before, "target_ratio": cfg.removal_target(params_before) / params_before,
+        "seconds": seconds, "uniform_layers": uniform, "original_architecture": source.to_dict(),
+        "history": result.history,
+    }
 
 
 def _layer_by_layer(cfg: PruneConfig, model, device) -> bool:
@@ -211,13 +218,9 @@ def _prune_layer_by_layer(model, cfg: PruneConfig, *, tokenizer, calib_text, dry
                                                       engine=engine))
     result.plan.meta.update({"method": cfg.method, "seed": cfg.seed})
     after = result.plan.resulting(source).param_count()
-    report = {
-        "method": cfg.method, "config": cfg.to_dict(), "params_before": source.param_count(), "params_after": after,
-        "achieved_ratio": 1 - after / source.param_count(), "target_ratio": cfg.removal_target(source.param_count())
-        / source.param_count(), "seconds": time.perf_counter() - t0, "layer_by_layer": True,
-        "uniform_layers": result.plan.resulting(source).is_uniform, "original_architecture": source.to_dict(),
-        "history": result.history,
-    }
+    report = _report(cfg, source, result, params_before=source.param_count(), params_after=after,
+                     seconds=time.perf_counter() - t0, uniform=result.plan.resulting(source).is_uniform)
+    report["layer_by_layer"] = True
     if dry_run:
         return PruneOutcome(model=loaded, tokenizer=tokenizer, plan=result.plan, report={**report, "dry_run": True},
                             recipe=cfg)

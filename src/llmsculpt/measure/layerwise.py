@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from llmsculpt.errors import SculptError
-from llmsculpt.measure.hooks import activation_sq, input_hessians, layer_io_hooks, output_input_moments
-from llmsculpt.measure.local import Measurements, batch_size
+from llmsculpt.measure.local import Measurements, batch_size, watch_forward
 from llmsculpt.measure.needs import Needs
 from llmsculpt.models.residency import resident
 from llmsculpt.models.spec import get_path, spec_for
@@ -104,16 +103,10 @@ class LayerwiseEngine:
         base = get_path(model, spec.layers.rsplit(".", 1)[0])
         device = get_path(model, spec.embed).weight.device
         with ExitStack() as hooks, torch.inference_mode():
-            if needs.act:
-                hooks.enter_context(activation_sq(model, out.act_sq))
-            imp = hooks.enter_context(layer_io_hooks(model, distance=needs.layer_change)) if needs.layer_change else None
-            moments = hooks.enter_context(output_input_moments(model)) if needs.moments else None
-            hess = hooks.enter_context(input_hessians(model, inputs=needs.hessians == "all")) if needs.hessians else None
+            collect = watch_forward(hooks, model, needs, out)
             hooks.enter_context(resident_layers(model, self.residency, self.micro_batch))
             base(input_ids=batch.to(device), use_cache=False)
-        out.layer = imp.values() if imp is not None else None
-        out.moments = moments
-        out.hessians = dict(hess) if hess is not None else None
+        collect()
         return out
 
     def each_layer(self, model: nn.Module, fn: Callable[[int, nn.Module], object]) -> list:

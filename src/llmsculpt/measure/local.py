@@ -105,6 +105,27 @@ def deliverer(out: Measurements, reducer: Reducer | None, needs: Needs):
     return deliver
 
 
+def watch_forward(hooks: ExitStack, model: nn.Module, needs: Needs, out: Measurements, *,
+                  replay: Replay | None = None) -> Callable[[], None]:
+    """Enter on ``hooks`` the hooks of the forward statistics ``needs`` names (Σx², layer change,
+    moments, Hessians; Σx² straight into ``out.act_sq``); returns ``collect()``, which puts the others
+    into ``out`` once the passes have run. Shared by every engine that runs forward passes itself."""
+    if needs.act:
+        hooks.enter_context(activation_sq(model, out.act_sq, replay=replay))
+    imp = hooks.enter_context(layer_io_hooks(model, distance=needs.layer_change, replay=replay)) \
+        if needs.layer_change else None
+    moments = hooks.enter_context(output_input_moments(model, replay=replay)) if needs.moments else None
+    hess = hooks.enter_context(input_hessians(model, inputs=needs.hessians == "all", replay=replay)) \
+        if needs.hessians else None
+
+    def collect() -> None:
+        out.layer = imp.values() if imp is not None else None
+        out.moments = moments
+        out.hessians = dict(hess) if hess is not None else None
+
+    return collect
+
+
 GRAD_TOKENS = 1 << 13  # tokens per backward of a mean-gradient pass when the engine chooses
 
 
@@ -147,13 +168,7 @@ class LocalEngine:
         replay = Replay()
         try:
             with ExitStack() as hooks:
-                if needs.act:
-                    hooks.enter_context(activation_sq(model, out.act_sq, replay=replay))
-                imp = (hooks.enter_context(layer_io_hooks(model, distance=needs.layer_change, replay=replay))
-                       if needs.layer_change else None)
-                moments = hooks.enter_context(output_input_moments(model, replay=replay)) if needs.moments else None
-                hess = (hooks.enter_context(input_hessians(model, inputs=needs.hessians == "all", replay=replay))
-                        if needs.hessians else None)
+                collect = watch_forward(hooks, model, needs, out, replay=replay)
                 hooks.enter_context(checkpointed_layers(model, replay, enabled=self.checkpoint and needs.wants_grad))
                 deliver = deliverer(out, reducer, needs)
                 if isinstance(batch, dict):
@@ -165,9 +180,7 @@ class LocalEngine:
                 p.grad = None
                 p.requires_grad_(req[n])
             model.train(was_training)
-        out.layer = imp.values() if imp is not None else None
-        out.moments = moments
-        out.hessians = dict(hess) if hess is not None else None
+        collect()
         return out
 
     def each_layer(self, model: nn.Module, fn: Callable[[int, nn.Module], object]) -> list:

@@ -107,15 +107,19 @@ def place(model, *, device=None, dtype: torch.dtype | None = None):
     return model
 
 
-def fp32_rotary(model):
-    """Recompute, in fp32 from the config, every rotary table a cast left in lower precision (a model
-    the caller moved with ``.to(torch.bfloat16)``), so that a run and its resumption from a
-    checkpoint (loaded with :func:`place`'s fp32 tables) compute the same angles. Returns the model."""
+
+def fp32_rotary(model, device=None):
+    """Recompute, in fp32 from the config, every rotary table that is not there: left in lower
+    precision by a cast (a model the caller moved with ``.to(torch.bfloat16)``), so that a run and its
+    resumption from a checkpoint (loaded with :func:`place`'s fp32 tables) compute the same angles;
+    or on the meta device (a skeleton built from the config), then on ``device``. Returns the model."""
     for name, module in list(model.named_modules()):
         inv = getattr(module, "inv_freq", None)
-        if torch.is_tensor(inv) and inv.dtype != torch.float32 and getattr(module, "config", None) is not None:
+        if not torch.is_tensor(inv) or getattr(module, "config", None) is None:
+            continue
+        if inv.is_meta or inv.dtype != torch.float32:
             parent, _, attr = name.rpartition(".")
-            with torch.device(inv.device):
+            with torch.device(device if inv.is_meta else inv.device):
                 fresh = type(module)(config=module.config)
             setattr(model.get_submodule(parent) if parent else model, attr, fresh)
     return model

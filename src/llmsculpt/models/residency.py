@@ -163,6 +163,7 @@ def skeleton(directory: str | Path, *, device, dtype: torch.dtype | None, lm_hea
     lm_head) read from the safetensors files onto ``device`` and its rotary tables computed there;
     the decoder layers stay on the meta device for :class:`FromSafetensors` to load one at a time."""
     from llmsculpt.models.meta import meta_model
+    from llmsculpt.models.placement import fp32_rotary
 
     model = meta_model(directory)
     spec = spec_for(model)
@@ -175,21 +176,10 @@ def skeleton(directory: str | Path, *, device, dtype: torch.dtype | None, lm_hea
     model.load_state_dict(state, strict=False, assign=True)
     if tied:
         model.tie_weights()
-    materialise_rotary(model, device)
+    fp32_rotary(model, device)  # the rotary tables are computed from the config, not read
     model.eval()
     model.config.dtype = dtype or model.config.dtype
     return model
-
-
-def materialise_rotary(model: nn.Module, device) -> None:
-    """Recompute every rotary-embedding module whose tables are on the meta device, on ``device``
-    (they are buffers computed from the config, not weights in the checkpoint)."""
-    for name, module in list(model.named_modules()):
-        if hasattr(module, "inv_freq") and module.inv_freq.is_meta:
-            parent, _, attr = name.rpartition(".")
-            with torch.device(device):
-                fresh = type(module)(config=module.config)
-            setattr(get_path(model, parent) if parent else model, attr, fresh)
 
 
 @contextmanager
