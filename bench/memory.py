@@ -3,7 +3,10 @@
 Each run is its own process (``llmsculpt.prune(path, ...)``: the real prune of a model it loads
 itself, in place, surgery included, nothing saved; ``sculpt prune --dry-run`` would deep-copy the
 model for the iterative planners, a copy a real prune does not make) measured from outside: peak RSS with
-``/usr/bin/time -v`` on the CPU (on CUDA the child prints ``torch.cuda.max_memory_allocated``).
+``/usr/bin/time -v`` on the CPU (on CUDA the child reports ``torch.cuda.max_memory_allocated``, and that
+is the row's peak). Each row also prints ``sculpt estimate``'s prediction for the same run. ``accel``
+runs one Adapt-Accel phase (prune 25 %, then full training at batch 4 × 128 on the first
+40,000 characters of ../shared/data/text/lee_news.txt, saved): the training phase's peak against the estimate's.
 A method written ``flap:lbl`` (any forward-only method) runs ``layer_by_layer=True``: streamed from the
 safetensors files one layer at a time and written as it goes (so that row includes the save; the
 whole-model rows do not save). Models: the default (SmolLM2-135M) and a 0.5B-class Qwen2 shape (hidden 896, 24 layers, 14 heads /
@@ -52,25 +55,49 @@ def qwen05b_dir(cache: Path) -> Path:
 
 
 CHILD = """import json, sys, tempfile, llmsculpt
+try:  # what `sculpt prune` does: an 8 MiB mmap threshold, a bounded oneDNN kernel cache (older trees: neither)
+    from llmsculpt.cli.main import tune_process_memory
+    tune_process_memory()
+except ImportError:
+    pass
 model, method, dtype, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 layered = method.endswith(":lbl")  # layer by layer: streamed from the files and written as it goes
 method = method.removesuffix(":lbl")
 kw = {"options": {"steps": steps}} if method == "adaptive" else {}
 kw |= {"dtype": dtype} if dtype != "-" else {}
 kw |= {"layer_by_layer": True, "out": tempfile.mkdtemp() + "/out"} if layered else {}
-r = llmsculpt.prune(model, method=method, ratio=0.25, **kw).report
-print(json.dumps({"params_before": r["params_before"], "seconds": r["seconds"]}))
+if method == "accel":  # one phase of pruning then full training (batch 4 x 128) on sys.argv[5], saved
+    r = llmsculpt.accel(model, ratio=0.25, phases=1, prune_steps=steps, data=sys.argv[5], batch_size=4, seq_len=128,
+                        out=tempfile.mkdtemp() + "/out", progress=False, **{k: v for k, v in kw.items() if k == "dtype"}).report
+    r = {"params_before": r["params_before"], "seconds": r.get("seconds", 0.0)}
+else:
+    r = llmsculpt.prune(model, method=method, ratio=0.25, **kw).report
+import torch
+cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None  # the device's own peak
+print(json.dumps({"params_before": r["params_before"], "seconds": r["seconds"], "cuda_peak": cuda}))
 """
 
+ACCEL_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "lee_news.txt"
 
-def run_one(model: str, method: str, dtype: str, *, steps: int, src: str | None, src_dtype: bool = False) -> dict:
+
+def accel_data(cache: Path) -> Path:
+    """The accel row's training text: the first 40,000 characters of lee_news.txt (~20 steps of 4 × 128)."""
+    out = cache / "accel-train.txt"
+    if not out.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        out.write_text(ACCEL_TEXT.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    return out
+
+
+def run_one(model: str, method: str, dtype: str, *, steps: int, src: str | None, src_dtype: bool = False,
+            data: Path | None = None) -> dict:
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src
     # the API's prune of a model it loads itself: in place, surgery included, nothing saved (the CLI
     # would need --out, and a dry run deep-copies the model for the iterative planners)
     cmd = ["/usr/bin/time", "-v", sys.executable, "-c", CHILD, model, method,
-           dtype if not src or src_dtype else "-", str(steps)]
+           dtype if not src or src_dtype else "-", str(steps), str(data)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         own = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("\t")]  # not time -v's
@@ -79,8 +106,30 @@ def run_one(model: str, method: str, dtype: str, *, steps: int, src: str | None,
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time.*: ([\d:.]+)", proc.stderr).group(1)
     params = report["params_before"]
+    if report.get("cuda_peak"):  # on a GPU the peak that matters is the device's: report it as the peak
+        rss_kb = report["cuda_peak"] // 1024
     return {"peak_rss_bytes": rss_kb * 1024, "params": params, "bytes_per_param": rss_kb * 1024 / params,
-            "prune_seconds": report["seconds"], "wall": wall}
+            "prune_seconds": report["seconds"], "wall": wall, "estimate_bytes": predicted(model, method, dtype, steps)}
+
+
+def predicted(model: str, method: str, dtype: str, steps: int) -> int | None:
+    """``sculpt estimate``'s peak for the same run (the training phase included for accel)."""
+    from llmsculpt.eval.memory_estimate import Training, estimate
+
+    if dtype == "-":
+        return None
+    base, layered = method.removesuffix(":lbl"), method.endswith(":lbl")
+    if base == "accel":
+        return estimate(model, method="adaptive", dtype=dtype, n_samples=8, seq_len=128, device="cuda" if _has_cuda() else "cpu",
+                        training=Training(batch_size=4, seq_len=128)).peak_bytes
+    device = "cuda" if _has_cuda() else "cpu"
+    return estimate(model, method=base, dtype=dtype, layer_by_layer=layered, device=device).peak_bytes
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def baseline_rss(src: str | None) -> int:
@@ -141,7 +190,8 @@ def main() -> None:
     paths = {"default": "smollm2-135m", "qwen05b": None}
     base = baseline_rss(args.src)
     print(f"import-only RSS {base / 2**20:.0f} MiB ({'src ' + args.src if args.src else 'this tree'})")
-    print(f"{'model':8} {'method':9} {'dtype':9} {'peak RSS':>9} {'B/param':>8} {'(-import)':>9} {'prune s':>8}")
+    print(f"{'model':8} {'method':9} {'dtype':9} {'peak RSS':>9} {'B/param':>8} {'(-import)':>9} {'prune s':>8} "
+          f"{'estimate':>9}")
     rows = []
     dtypes = ["float32"] if args.src and not args.src_dtype else args.dtypes.split(",")
     for model in args.models.split(","):
@@ -149,14 +199,16 @@ def main() -> None:
         for method in args.methods.split(","):
             for dtype in dtypes:
                 r = {"model": model, "method": method, "dtype": dtype,
-                     **run_one(path, method, dtype, steps=args.steps, src=args.src, src_dtype=args.src_dtype)}
+                     **run_one(path, method, dtype, steps=args.steps, src=args.src, src_dtype=args.src_dtype,
+                              data=accel_data(Path(args.cache)) if method == "accel" else None)}
                 rows.append(r)
                 if "error" in r:
                     print(f"{model:8} {method:9} {dtype:9} error: {r['error']}")
                     continue
                 net = (r["peak_rss_bytes"] - base) / r["params"]
+                est = f"{r['estimate_bytes'] / 2**30:8.2f}G" if r.get("estimate_bytes") else "       –"
                 print(f"{model:8} {method:9} {dtype:9} {r['peak_rss_bytes'] / 2**30:8.2f}G {r['bytes_per_param']:8.2f} "
-                      f"{net:9.2f} {r['prune_seconds']:8.1f}", flush=True)
+                      f"{net:9.2f} {r['prune_seconds']:8.1f} {est}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"import_rss": base, "rows": rows}, indent=2))
 

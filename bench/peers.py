@@ -11,7 +11,9 @@ step for the iterative rows); held-out: the embedded text's held-out part, ``--m
 windows of 128. Seconds are pruning only (not evaluation).
 
     pip install torch-pruning==1.6.1
-    nice -n 5 python bench/peers.py [--ratios 0.4,0.5] [--methods uniform,tp] [--steps 5]
+    nice -n 5 python bench/peers.py [--ratios 0.4,0.5] [--methods uniform,tp] [--steps 5] [--text FILE]
+
+``--text FILE`` calibrates on the file's first 80 % and evaluates on the rest (as bench/sweep_adaptive.py).
 
 Measured (2 shared CPU cores; seconds loose: load 6–8 during the 40 % rows, ~3 during 50 %; the
 40 % iterative rows are bench/sweep_adaptive.py's identical runs; dense ppl 23.32, 134,515,008):
@@ -44,12 +46,38 @@ loses r × the layers' common sparsity; 40 %, same data and steps; load 4–7; o
 | 40 % | adaptive (defaults) --hidden 1 | 431 | 80,708,602 | 3,794.44 | 320 |
 | 40 % | adaptive (defaults) --hidden 0.5 | 477 | 80,708,877 | 1,318.53 | 248 |
 | 40 % | adaptive (defaults) --hidden 0.25 | 516 | 80,707,560 | 392.44 | 113 |
+| 50 % | iterative uniform (A=0, T=5) --hidden 0.25 | 499 | 67,223,284 | 3,621.93 | 140 |
+| 50 % | adaptive (defaults) --hidden 0.25 | 499 | 67,257,216 | **1,300.11** | 277 |
+
+Second text (``--text ../shared/data/text/lee_news.txt``; 2026-12-01, the same 2 cores shared with two
+other sessions, load 4–5; rows without ``--hidden`` from bench/sweep_adaptive.py's identical runs):
+
+| removed | method | hidden | params | held-out ppl | prune s |
+|---|---|---|---|---|---|
+| 40 % | iterative uniform (A=0, T=5) (earlier session) | 576 | – | 639.04 | – |
+| 40 % | adaptive (defaults) (earlier session) | 576 | – | **286.85** | – |
+| 50 % | iterative uniform (A=0, T=5) | 576 | 67,233,600 | 6,424.48 | 206 |
+| 50 % | adaptive (defaults) | 576 | 67,257,216 | **1,580.09** | 120 |
+| 40 % | iterative uniform (A=0, T=5) --hidden 0.25 | 516 | 80,704,464 | 2,243.34 | 192 |
+| 40 % | adaptive (defaults) --hidden 0.25 | 516 | 80,707,560 | **582.99** | 226 |
+| 50 % | iterative uniform (A=0, T=5) --hidden 0.25 | 499 | 67,227,276 | 4,122.86 | 222 |
+| 50 % | adaptive (defaults) --hidden 0.25 | 499 | 67,257,216 | **1,199.20** | 236 |
+| 40 % | flap | 576 | 80,708,544 | 1,524.54 | 19 |
+| 40 % | torch-pruning 1.6.1 (hidden+MLP, ratio 0.383) | – | 80,750,560 | 184,340 | 111 |
+| 50 % | flap | 576 | 67,256,064 | 6,862.39 | 7 |
+| 50 % | torch-pruning 1.6.1 (hidden+MLP, ratio 0.464) | – | 67,219,460 | 545,912 | 108 |
+
+Adaptive (defaults) ÷ iterative uniform, no training: embedded 0.45× (40 %) and 0.54× (50 %: the one
+cell above 0.5×; bench/sweep_adaptive.py says why), lee_news 0.45× and 0.25×; with ``--hidden 0.25``
+0.29× / 0.36× embedded, 0.26× / 0.29× lee_news. Below FLAP and Torch-Pruning in every cell.
 
 Hidden channels are expensive on this narrow (576), deep (30 layers) model: removing 58 of 576 by
 Taylor alone (10 % of the parameters, nothing else) takes the held-out ppl from 26.1 to 134 (20
 windows; L2 magnitude 5,652, random 3,654; without surgery's RMSNorm rescale 144). So with no
-recovery training every ``--hidden`` row loses to its heads+MLP-only row except one-shot uniform,
-whose layers are pruned less deeply (S 0.51 -> 0.25–0.45) and which is so bad without it.
+recovery training at 40 % every ``--hidden`` row loses to its heads+MLP-only row except one-shot
+uniform, whose layers are pruned less deeply (S 0.51 -> 0.25–0.45) and which is so bad without it.
+At 50 % a little hidden pruning pays for adaptive: ``--hidden 0.25`` 1,300 vs 1,759 (embedded) and
+1,199 vs 1,580 (lee_news): the hidden width takes part of the cut, so the layers are pruned less deeply.
 """
 
 from __future__ import annotations
@@ -61,11 +89,11 @@ import time
 from pathlib import Path
 
 from llmsculpt import PruneConfig, prune
-from llmsculpt.calibration import default_documents
 from llmsculpt.eval.perplexity import perplexity
 from llmsculpt.models.loading import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep_adaptive import texts  # noqa: E402  (embedded text, or a file's first 80 % / last 20 %)
 ROWS = {  # name -> (method, options)
     "uniform one-shot (Taylor)": ("uniform", {}),
     "iterative uniform (A=0)": ("adaptive", {"amplitude": 0.0}),
@@ -92,16 +120,17 @@ def main() -> None:
     ap.add_argument("--n-samples", type=int, default=8)
     ap.add_argument("--max-windows", type=int, default=40)
     ap.add_argument("--hidden-rate", type=float, default=1.0, help="PruneConfig.hidden of the --hidden rows")
+    ap.add_argument("--text", default=None, help="text file to calibrate and evaluate on (first 80 %% / last 20 %%; "
+                    "default: the embedded text)")
     args = ap.parse_args()
-    calib_text = "\n\n".join(default_documents("calibration"))
-    held_out = "\n\n".join(default_documents("heldout"))
+    calib_text, held_out = texts(args.text)
     base = load("smollm2-135m", device="cpu")
     tok = base.tokenizer
     n0 = sum(p.numel() for p in base.model.parameters())
     dense = perplexity(base.model, tok, held_out, seq_len=128, max_windows=args.max_windows).ppl
     names = [list(ROWS)[SHORT[m]] for m in args.methods.split(",")]
     print(f"smollm2-135m ({n0:,} params, dense ppl {dense:.2f}); calibration {args.n_samples}x128 seed 0 from the "
-          f"embedded text; held-out {args.max_windows} windows of 128; iterative rows T={args.steps}; no training")
+          f"{args.text or 'embedded text'}; held-out {args.max_windows} windows of 128; iterative rows T={args.steps}; no training")
     print("| removed | method | params | vs target | held-out ppl | prune s |\n|---|---|---|---|---|---|", flush=True)
     for ratio in [float(r) for r in args.ratios.split(",")]:
         target = n0 - int(round(ratio * n0))

@@ -37,7 +37,7 @@ def _plan(arch):
 def test_pruned_equals_masked_in_bf16(family):
     """bf16 rounds differently in differently shaped matmuls: logits agree to 2 % of their range
     (fp32 agrees to 1e-5, test_surgery.py), and the argmax agrees on ≥ 95 % of positions."""
-    model = tiny_model(family, rms_norm_eps=1e-12).to(torch.bfloat16)
+    model = place(tiny_model(family, rms_norm_eps=1e-12), dtype=torch.bfloat16)  # rotary tables stay fp32
     plan = _plan(architecture(model))
     with torch.no_grad():
         ref = mask_plan(copy.deepcopy(model), plan)(X).logits.float()
@@ -86,9 +86,19 @@ def test_same_seed_same_plan_in_bf16():
     assert plans[0] == plans[1]
 
 
-def test_float32_stays_the_default():
+def test_auto_is_the_default_dtype():
+    """No --dtype means the checkpoint's own: a tiny built-in is fp32, the default GGUF and a bf16
+    directory load as bf16, and every recipe says auto."""
     assert next(load("tiny-llama").model.parameters()).dtype == torch.float32
-    assert next(llmsculpt.load("tiny-llama", dtype="auto").model.parameters()).dtype == torch.float32
+    assert next(llmsculpt.load("smollm2-135m").model.parameters()).dtype == torch.bfloat16
+    import dataclasses
+
+    from llmsculpt.config import tools, train
+
+    recipes = [llmsculpt.PruneConfig, llmsculpt.SearchConfig, train.AccelConfig, train.FinetuneConfig,
+               train.PretrainPruneConfig, tools.EvalConfig]
+    defaults = {cls.__name__: {f.name: f.default for f in dataclasses.fields(cls)}.get("dtype") for cls in recipes}
+    assert defaults == dict.fromkeys(defaults, "auto")
 
 
 def test_parse_and_resolve():
@@ -121,3 +131,20 @@ def test_cli_prune_bf16_then_finetune_bf16(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "p"), "--dtype", "auto", "--text", str(data), "--seq-len", "16",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ppl"] > 0
+
+
+@pytest.mark.slow
+def test_real_checkpoint_prunes_in_bf16_saves_bf16_and_reloads_exactly(tmp_path):
+    """Issue 16's done-when on a real checkpoint: the default model (a GGUF, so `auto` is bf16),
+    adaptive at 25 %, saved as BF16 safetensors, reloaded by plain transformers with equal logits."""
+    from transformers import AutoModelForCausalLM
+
+    out = llmsculpt.prune("smollm2-135m", ratio=0.25, method="adaptive", options={"steps": 1}, n_samples=4,
+                          seq_len=64, out=tmp_path / "m")
+    assert all(p.dtype == torch.bfloat16 for p in out.model.parameters())
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype="auto", trust_remote_code=True)
+    ids = torch.randint(0, 49152, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, out.model(ids).logits)

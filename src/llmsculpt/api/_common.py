@@ -21,10 +21,10 @@ R = TypeVar("R", bound=Recipe)
 RECIPE_FILE = "recipe.yaml"
 
 
-def load(name: str | os.PathLike | None = None, *, device=None, dtype: str | torch.dtype | None = torch.float32) -> Loaded:
+def load(name: str | os.PathLike | None = None, *, device=None, dtype: str | torch.dtype | None = "auto") -> Loaded:
     """Load a model + tokenizer: built-in name, directory (pruned or not), .gguf file or hub id.
 
-    ``dtype``: float32 (default), bfloat16, float16 or "auto" (the checkpoint's own; GGUF → bfloat16);
+    ``dtype``: "auto" (default: the checkpoint's own; GGUF → bfloat16), bfloat16, float16 or float32;
     ``device``: "auto"/None (CUDA when present), "cpu", "cuda:N", "mps".
 
     Example:
@@ -49,17 +49,23 @@ def recipe(cls: type[R], config: R | None, model, fields: dict) -> R:
     return config.with_overrides(**fields)
 
 
-def model_and_tokenizer(model, tokenizer, cfg: Recipe, *, device=None, shard: bool = False):
+def model_and_tokenizer(model, tokenizer, cfg: Recipe, *, device=None, shard: bool = False, rewrites: bool = False):
     """(model, tokenizer, loaded here?) for the verb: a module passed by the caller needs its tokenizer;
     anything else is loaded from ``cfg.model`` in ``cfg.dtype`` onto this process's device (under
-    torchrun/accelerate each process its own; a sharded run's host copy on the CPU)."""
+    torchrun/accelerate each process its own; a sharded run's host copy on the CPU). ``rewrites``: the
+    verb replaces the weights (prune, accel, pretrain-prune), so host weights loaded here are copied
+    out of the checkpoint's file mapping (``models.residency.own_weights``)."""
     if isinstance(model, nn.Module):
         if tokenizer is None:
             raise SculptError("pass the tokenizer along with a model object")
         return model, tokenizer, False
     from llmsculpt.run.processes import process_device
 
-    loaded = _load(cfg.model, dtype=getattr(cfg, "dtype", "float32"), device=process_device(device, shard=shard))
+    loaded = _load(cfg.model, dtype=getattr(cfg, "dtype", "auto"), device=process_device(device, shard=shard))
+    if rewrites:
+        from llmsculpt.models.residency import own_weights
+
+        own_weights(loaded.model)
     return loaded.model, loaded.tokenizer, True
 
 

@@ -113,7 +113,7 @@ def prune(
     micro_batch = fit_or_refuse(model if isinstance(model, nn.Module) else cfg.model, method=cfg.method,
                                 dtype=cfg.dtype, n_samples=cfg.data.n_samples, seq_len=cfg.data.seq_len,
                                 budget=cfg.budget, device=device, command="this prune")
-    model, tokenizer, loaded_here = model_and_tokenizer(model, tokenizer, cfg, device=device)
+    model, tokenizer, loaded_here = model_and_tokenizer(model, tokenizer, cfg, device=device, rewrites=True)
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and cfg.data.seq_len > context:
         raise SculptError(f"seq-len {cfg.data.seq_len} is beyond the model's context of {context} tokens")

@@ -98,7 +98,7 @@ def inspect(model: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
 
 def bench_speed(model: str | os.PathLike, *, baseline: str | os.PathLike | None = None,
                 batch_sizes: tuple[int, ...] = (1, 8), prompt_len: int = 128, new_tokens: int = 32, repeats: int = 3,
-                dtype: str | torch.dtype | None = "float32", device=None) -> dict:
+                dtype: str | torch.dtype | None = "auto", device=None) -> dict:
     """Prefill/decode tokens/s, peak memory, parameters and FLOPs per token of ``model`` (and of
     ``baseline``, measured after it in the same run): ``{"model": SpeedResult, "baseline": ..., "ratios": ...}``.
 

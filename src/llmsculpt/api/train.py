@@ -71,7 +71,7 @@ def accel(model: str | os.PathLike | nn.Module | None = None, *, config: AccelCo
                   n_samples=cfg.calib_samples, seq_len=cfg.calib_len, budget=cfg.budget, device=device,
                   command="this accel run", training=Training(cfg.batch_size, cfg.seq_len, full=cfg.mode == "full",
                                                              teacher=cfg.distill))
-    model, tokenizer, _ = model_and_tokenizer(model, tokenizer, cfg, device=device, shard=fsdp)
+    model, tokenizer, _ = model_and_tokenizer(model, tokenizer, cfg, device=device, shard=fsdp, rewrites=True)
     before = count_params(model)
     cfg = cfg.resolved(before)
     examples, bad = _examples(cfg, tokenizer, cfg.format, cfg.skip_bad)
@@ -115,7 +115,7 @@ def pretrain_prune(model: str | os.PathLike | nn.Module | None = None, *, config
                   n_samples=cfg.batch_size, seq_len=cfg.seq_len, budget=cfg.budget, device=device,
                   command="this pretrain-prune run", training=Training(cfg.batch_size, cfg.seq_len),
                   label="saliency steps and training")
-    model, tokenizer, _ = model_and_tokenizer(model, tokenizer, cfg, device=device, shard=fsdp)
+    model, tokenizer, _ = model_and_tokenizer(model, tokenizer, cfg, device=device, shard=fsdp, rewrites=True)
     examples, _ = _examples(cfg, tokenizer)
     before, source = count_params(model), architecture(model)
     model, plan, log = run_pretrain_prune(model, tokenizer, examples, cfg, checkpoint_dir=_checkpoint_dir(out),

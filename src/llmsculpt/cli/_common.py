@@ -28,8 +28,8 @@ def add_placement_arguments(p: argparse.ArgumentParser, *, dtype: bool = True) -
 
     if dtype:
         p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
-                       help="precision of the weights throughout (auto: the checkpoint's own, bfloat16 for GGUF; "
-                            "default float32)")
+                       help="precision of the weights throughout (default auto: the checkpoint's own, "
+                            "bfloat16 for GGUF)")
     p.add_argument("--device", default="auto", help=f"where the model runs: {DEVICE_HELP}")
 
 
@@ -70,7 +70,7 @@ def recipe_from_args(cls, args: argparse.Namespace, **flags):
 
 def load_kwargs(args: argparse.Namespace) -> dict:
     """``dtype``/``device`` keywords for ``load()`` from :func:`add_placement_arguments`."""
-    return {"dtype": getattr(args, "dtype", None) or "float32", "device": getattr(args, "device", "auto")}
+    return {"dtype": getattr(args, "dtype", None) or "auto", "device": getattr(args, "device", "auto")}
 
 
 def emit_json(obj: dict) -> None:

@@ -13,7 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=None, help="directory with config.json (weights not needed), .gguf or built-in name")
     p.add_argument("--method", default="adaptive", help="pruning method (default: adaptive)")
-    p.add_argument("--dtype", default="bfloat16", choices=DTYPE_CHOICES[1:], help="working dtype (default bfloat16)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="working dtype (default auto: the checkpoint's own, from config.json; bfloat16 for GGUF)")
     p.add_argument("--n-samples", type=int, default=10, help="calibration samples (default 10)")
     p.add_argument("--seq-len", type=int, default=128, help="calibration sample length (default 128)")
     p.add_argument("--devices", type=int, default=1, help="devices the weights are sharded over (default 1)")
@@ -29,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from llmsculpt.cli._common import emit_json
     from llmsculpt.config import parse_bytes
-    from llmsculpt.eval.memory_estimate import estimate
+    from llmsculpt.eval.memory_estimate import estimate, working_dtype
 
     budget = parse_bytes(args.budget) if args.budget else None
     device = "cuda" if args.device.startswith("cuda") else "cpu"
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
     mode = ", layer by layer" if args.layer_by_layer else ""
-    print(f"{args.method} prune{mode}, {args.dtype}, {args.n_samples} × {args.seq_len} samples, micro-batch {e.micro_batch}: "
+    dtype = str(working_dtype(args.model if args.model is not None else "smollm2-135m", args.dtype)).removeprefix("torch.")
+    print(f"{args.method} prune{mode}, {dtype}, {args.n_samples} × {args.seq_len} samples, micro-batch {e.micro_batch}: "
           f"{e.params:,} params")
     for part, size in e.breakdown.items():
         print(f"  {part:13} {gb(size):>10}")

@@ -64,8 +64,28 @@ def return_large_blocks_to_the_system() -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> int:
+def bound_kernel_caches() -> None:
+    """Keep at most 64 compiled CPU matmul kernels (oneDNN's primitive cache; default 1024). bf16
+    matmuls on the CPU run through oneDNN, which caches a kernel, with its buffers, per shape; an
+    iterative prune creates new shapes at every step, so the default cache grew without bound in
+    practice: +0.1–0.3 GB per step on a 0.5B bf16 adaptive prune (5 steps: 2.9 → 3.9 GB peak RSS),
+    flat at 64 with no measurable change in time. Read by oneDNN when it creates its first
+    kernel, so it is set before any computation; the user's own ONEDNN_PRIMITIVE_CACHE_CAPACITY wins.
+    Process-wide, so only the command-line entry point sets it."""
+    import os
+
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+
+
+def tune_process_memory() -> None:
+    """The command line's two process-wide memory settings (above); a script that calls the API
+    can call this first to get the same peaks (bench/memory.py does)."""
     return_large_blocks_to_the_system()
+    bound_kernel_caches()
+
+
+def main(argv: list[str] | None = None) -> int:
+    tune_process_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

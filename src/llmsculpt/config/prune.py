@@ -75,7 +75,7 @@ class PruneConfig(Recipe):
     # norms, every layer's in/out projections and lm_head shrink together. uniform, magnitude, wanda-sp
     # and adaptive only (allocation/sparsity.py)
     hidden: float | bool = 0.0
-    dtype: str = "float32"  # precision of the weights throughout: float32, bfloat16, float16, auto
+    dtype: str = "auto"  # precision of the weights throughout: auto (the checkpoint's own), bfloat16, float16, float32
     budget: str | int | None = None  # memory per device, e.g. "24GB": a run predicted not to fit is refused up front
     # one decoder layer resident at a time (forward-only methods: magnitude, wanda-sp, flap, shortgpt):
     # true, false, or "auto" (layer by layer when the whole model is predicted not to fit)
@@ -149,7 +149,7 @@ class SearchConfig(Recipe):
     seed: int = 0
     round_to: int | None = None  # None: the serve runtime's default
     serve: str = "any"  # any | uniform | vllm | llamacpp: every trial plans under that runtime's rules
-    dtype: str = "float32"
+    dtype: str = "auto"
 
     def __post_init__(self):
         self.target_params = parse_count(self.target_params)

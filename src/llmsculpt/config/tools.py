@@ -57,7 +57,7 @@ class EvalConfig(Recipe):
     mc_file: tuple[str, ...] = ()  # local multiple-choice tasks (JSONL or BIG-bench JSON)
     num_fewshot: int = 0
     limit: int | None = None
-    dtype: str = "float32"
+    dtype: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.mc_file, str):

@@ -61,7 +61,7 @@ class AccelConfig(Recipe):
     seed: int = 0
     round_to: int | None = None  # every phase's plan keeps MLP widths and query heads × head_dim multiples of this
     serve: str = "any"  # every phase's plan only has shapes this runtime serves (allocation/serving.py)
-    dtype: str = "float32"
+    dtype: str = "auto"
     budget: str | int | None = None  # memory per device, e.g. "24GB": a run predicted not to fit is refused up front
 
     def __post_init__(self):
@@ -122,7 +122,7 @@ class PretrainPruneConfig(Recipe):
     data: str | None = None  # plain-text corpus
     seq_len: int = 256
     checkpoint_every: int = 50  # steps between checkpoints in <out>.ckpt/
-    dtype: str = "float32"
+    dtype: str = "auto"
     budget: str | int | None = None  # memory per device, e.g. "24GB": a run predicted not to fit is refused up front
 
     def __post_init__(self):
@@ -176,7 +176,7 @@ class FinetuneConfig(Recipe):
     gradient_checkpointing: bool = False  # recompute decoder activations in backward (less memory)
     seq_len: int = 256
     seed: int = 0
-    dtype: str = "float32"
+    dtype: str = "auto"
 
     def __post_init__(self):
         if self.grad_accum < 1:

@@ -120,6 +120,19 @@ def available_host_memory() -> int | None:
     return None
 
 
+def working_dtype(name, dtype) -> torch.dtype:
+    """``dtype`` as the run will use it: ``auto`` is the checkpoint's own (its config.json's dtype,
+    bf16 for GGUF; a model object's own parameters)."""
+    from llmsculpt.models.placement import parse_dtype, source_dtype
+
+    parsed = parse_dtype(dtype)
+    if parsed is not None:
+        return parsed
+    if isinstance(name, torch.nn.Module):
+        return next(name.parameters()).dtype
+    return source_dtype(name, None)
+
+
 def scored_params(arch) -> int:
     """Parameters the gradient passes score (measure.scored_parameters): every decoder Linear's
     weight and bias, i.e. the decoder layers without their norms."""
@@ -154,7 +167,7 @@ def estimate(
     name,
     *,
     method: str = "adaptive",
-    dtype: str | torch.dtype = "bfloat16",
+    dtype: str | torch.dtype = "auto",
     n_samples: int = 10,
     seq_len: int = 128,
     devices: int = 1,
@@ -169,13 +182,12 @@ def estimate(
     config only; or a model object), with ``micro_batch`` samples per pass (default: the engine's own
     choice) and, for a training run, its ``training`` state (peak of the prune and the training phases)."""
     from llmsculpt.eval.chunked_loss import CHUNK_ELEMENTS
-    from llmsculpt.models.placement import parse_dtype
 
     if method not in GRAD_METHODS | FORWARD_METHODS:
         raise SculptError(f"no memory model for method {method!r}; known: {', '.join(sorted(GRAD_METHODS | FORWARD_METHODS))}")
     if min(n_samples, seq_len, devices) < 1:
         raise SculptError("--n-samples, --seq-len and --devices must be positive")
-    torch_dtype = parse_dtype(dtype) or torch.bfloat16
+    torch_dtype = working_dtype(name, dtype)
     item = torch.empty((), dtype=torch_dtype).element_size()
     arch = architecture_of(name)
     params = arch.param_count()

@@ -191,7 +191,10 @@ class LocalEngine:
         return plan
 
     def applied(self, model: nn.Module) -> None:
-        pass
+        """After a pruning step: the replaced matrices' memory goes back to the system."""
+        from llmsculpt.models.residency import trim_heap
+
+        trim_heap()
 
     # ---- passes ---------------------------------------------------------------------------
     def _calibration_passes(self, model, batch: torch.Tensor, needs: Needs, params, deliver, reducer) -> float:

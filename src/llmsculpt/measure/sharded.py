@@ -20,7 +20,9 @@ of its own shard (its rows of each matrix) to the reducer's vectors, and only th
 processes (per-column partial sums all-reduced, per-row values gathered): no whole gradient is ever
 assembled anywhere (``_reduce_shard``). Under DDP the gradients are whole already and the main
 process reduces them. Without a reducer whole gradients are gathered into the main process's plain
-copy. (Decoder layers are not checkpointed here.)
+copy. The decoder layers of a gradient pass on calibration ids are checkpointed as in the local
+engine (measure/checkpointing.py: inside each FSDP unit, so a layer's recomputation runs while
+FSDP2 holds its gathered weights for the backward); the hooks count a recomputed forward once.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import torch
 from torch import nn
 
 from llmsculpt.errors import SculptError
-from llmsculpt.measure.hooks import input_hessians, layer_io_hooks
+from llmsculpt.measure.checkpointing import checkpointed_layers
+from llmsculpt.measure.hooks import Replay, input_hessians, layer_io_hooks
 from llmsculpt.measure.local import Measurements, batch_size, deliverer, scored_parameters, split_share
 from llmsculpt.measure.needs import Needs
 
@@ -159,9 +162,11 @@ class ShardedEngine:
         chunks = list(torch.split(mine, self.micro_batch)) if len(mine) else []
         loss_sum = torch.zeros(1, dtype=torch.float64)
         net.zero_grad(set_to_none=True)
+        replay = Replay()
         with ExitStack() as stack:
-            imp = stack.enter_context(layer_io_hooks(self._watched(model), distance=needs.layer_change)) \
+            imp = stack.enter_context(layer_io_hooks(self._watched(model), distance=needs.layer_change, replay=replay)) \
                 if needs.layer_change else None
+            stack.enter_context(checkpointed_layers(self._watched(model), replay, enabled=needs.grad))
             stack.enter_context(torch.set_grad_enabled(needs.grad))
             for k in range(rounds):
                 real = k < len(chunks)

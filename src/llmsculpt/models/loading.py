@@ -209,7 +209,7 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
 def load(
     name: str | os.PathLike | None = None,
     *,
-    dtype: str | torch.dtype | None = torch.float32,
+    dtype: str | torch.dtype | None = "auto",
     device: str | torch.device | None = None,
 ) -> Loaded:
     """Load a model and tokenizer.
@@ -238,7 +238,7 @@ def load(
     else:
         directory = _convert_gguf_cached(Path(where)) if kind == "gguf" else where
         if dtype is None and kind != "hub":
-            dtype = checkpoint_dtype(kind, str(directory))
+            dtype = checkpoint_dtype(kind, str(where))  # a GGUF's own tensor types, not its converted copy's
         model, tokenizer = _load_pretrained(directory, dtype=dtype or "auto", hub=(kind == "hub"))
         dtype = dtype or checkpoint_dtype(kind, where, config=model.config)
     place(model, device=device, dtype=dtype).eval()

@@ -40,9 +40,10 @@ def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def checkpoint_dtype(kind: str, where: str, config=None) -> torch.dtype:
-    """The dtype a checkpoint is stored in (what ``auto`` means for it)."""
+    """The dtype a checkpoint is stored in (what ``auto`` means for it): a GGUF's matrices are
+    dequantised to bf16, unless every one is stored F32 (then float32)."""
     if kind == "gguf":
-        return torch.bfloat16
+        return torch.float32 if _gguf_all_f32(where) else torch.bfloat16
     if kind == "tiny":
         return torch.float32
     raw = None
@@ -57,6 +58,13 @@ def checkpoint_dtype(kind: str, where: str, config=None) -> torch.dtype:
     if isinstance(raw, torch.dtype) and raw in DTYPES.values():
         return raw
     return DTYPES.get(str(raw).removeprefix("torch."), torch.float32)
+
+
+def _gguf_all_f32(path: str) -> bool:
+    from gguf import GGUFReader, GGMLQuantizationType
+
+    matrices = [t for t in GGUFReader(str(path)).tensors if len(t.shape) >= 2]
+    return bool(matrices) and all(t.tensor_type == GGMLQuantizationType.F32 for t in matrices)
 
 
 def source_dtype(name, dtype: str | torch.dtype | None) -> torch.dtype:
