@@ -121,7 +121,7 @@ def predicted(model: str, method: str, dtype: str, steps: int) -> int | None:
     base, layered = method.removesuffix(":lbl"), method.endswith(":lbl")
     if base == "accel":
         return estimate(model, method="adaptive", dtype=dtype, n_samples=8, seq_len=128, device="cuda" if _has_cuda() else "cpu",
-                        training=Training(batch_size=4, seq_len=128)).peak_bytes
+                        training=Training(batch_size=4, seq_len=128, first_phase_kept=0.75)).peak_bytes
     device = "cuda" if _has_cuda() else "cpu"
     return estimate(model, method=base, dtype=dtype, layer_by_layer=layered, device=device).peak_bytes
 

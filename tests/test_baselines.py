@@ -6,6 +6,8 @@ import copy
 import pytest
 import torch
 
+import llmsculpt
+
 from llmsculpt.config import PruneConfig
 from llmsculpt.io.save import save_pruned
 from llmsculpt.methods import PruneContext, check_options, get_method, method_names, prune_model
@@ -164,3 +166,21 @@ def test_check_options_rejects_an_unknown_key_by_name(method, key):
         assert "amplitude, steps, normalise, cumulative, distance, resample" in str(err.value)
     assert check_options("adaptive", {"steps": "3"}).steps == 3
     assert check_options("flap", {}) is not None
+
+
+def test_sample_aware_draws_its_pool_from_the_callers_calibration_text(monkeypatch):
+    """``prune(calib_text=...)`` reaches the sample pool (a recipe's own ``calib_text`` option wins);
+    without it the pool was silently tokenised from the default calibration source."""
+    import llmsculpt.methods.sample_aware as sa
+
+    seen = []
+    real = sa.pool_for
+    monkeypatch.setattr(sa, "pool_for", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    text = "pruning keeps the heads that matter and drops the rest. " * 300
+    options = {k: v for k, v in SAMPLE_AWARE.items() if k != "calib_text"}
+    by_caller = llmsculpt.prune("tiny-llama", method="sample_aware", ratio=0.2, calib_text=text, options=options,
+                                n_samples=4, seq_len=16)
+    by_recipe = llmsculpt.prune("tiny-llama", method="sample_aware", ratio=0.2, calib_text="other words " * 400,
+                                options={**options, "calib_text": text}, n_samples=4, seq_len=16)
+    assert seen == [text, text]
+    assert by_caller.plan.to_dict() == by_recipe.plan.to_dict()

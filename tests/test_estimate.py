@@ -104,6 +104,24 @@ def test_estimate_within_25_percent_of_measured_peak_default_model(method):
 TEXT = "The quick brown fox jumps over the lazy dog. Pruning removes whole heads and channels. " * 80
 
 
+@pytest.mark.slow
+def test_training_estimate_within_25_percent_of_measured_peak_default_model(tmp_path):
+    """The accel estimate's training phase (bf16 weights, fp32 masters and moments of the model the
+    first phase trains, unchecked activations) against a real one-phase accel run's peak RSS."""
+    from llmsculpt.eval.memory_estimate import Training
+
+    data = tmp_path / "train.txt"
+    data.write_text(TEXT * 5)
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "llmsculpt.cli.main", "accel", "--model", "smollm2-135m",
+           "--ratio", "0.25", "--phases", "1", "--prune-steps", "1", "--data", str(data), "--batch-size", "4",
+           "--seq-len", "128", "--out", str(tmp_path / "o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    measured = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) * 1024
+    predicted = estimate("smollm2-135m", method="adaptive", n_samples=8, seq_len=128,
+                         training=Training(4, 128, first_phase_kept=0.75)).peak_bytes
+    assert abs(predicted / measured - 1) <= 0.25, (predicted, measured)
+
+
 @pytest.fixture
 def no_loading(monkeypatch):
     """Loading any weights fails: a refusal must come before it."""

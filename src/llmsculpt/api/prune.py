@@ -129,7 +129,7 @@ def prune(
     score = eval_text is not None and not dry_run
     ppl_before = _ppl(model, tokenizer, eval_text, cfg.data.seq_len, eval_windows) if score else None
     t0 = time.perf_counter()
-    pruned, result = _plan_and_apply(model, tokenizer, cfg, calib, progress=progress, dry_run=dry_run,
+    pruned, result = _plan_and_apply(model, tokenizer, cfg, calib, progress=progress, dry_run=dry_run, calib_text=calib_text,
                                      inplace=inplace or loaded_here, micro_batch=micro_batch)
     seconds = time.perf_counter() - t0
     after = result.plan.resulting(source).param_count() if dry_run else count_params(pruned)
@@ -270,14 +270,15 @@ def _fits_layer_by_layer(source, cfg: PruneConfig, device, *, windows: int) -> N
 
 
 def _plan_and_apply(model, tokenizer, cfg: PruneConfig, calib, *, progress: bool, dry_run: bool, inplace: bool,
-                    micro_batch: int | None = None):
+                    micro_batch: int | None = None, calib_text: str | None = None):
     """(pruned model or None for a dry run, PruneResult) through the planners (llmsculpt.methods);
     ``micro_batch``: the samples per measuring pass that fit the budget (None: the engine's choice)."""
     from llmsculpt.measure import LocalEngine
     from llmsculpt.methods import PruneContext, get_method, prune_model
 
     ctx = PruneContext(model=model, tokenizer=tokenizer, config=cfg, calibration=calib, progress=progress,
-                       inplace=inplace and not dry_run, engine=LocalEngine(micro_batch=micro_batch))
+                       inplace=inplace and not dry_run, engine=LocalEngine(micro_batch=micro_batch),
+                       calib_text=calib_text)
     if dry_run:
         return None, get_method(cfg.method).plan(ctx)
     return prune_model(ctx)

@@ -70,7 +70,8 @@ def accel(model: str | os.PathLike | nn.Module | None = None, *, config: AccelCo
     fit_or_refuse(model if isinstance(model, nn.Module) else cfg.model, method=cfg.prune_method, dtype=cfg.dtype,
                   n_samples=cfg.calib_samples, seq_len=cfg.calib_len, budget=cfg.budget, device=device,
                   command="this accel run", training=Training(cfg.batch_size, cfg.seq_len, full=cfg.mode == "full",
-                                                             teacher=cfg.distill))
+                                                             teacher=cfg.distill,
+                                                             first_phase_kept=1 - (cfg.ratio or 0) / cfg.phases))
     model, tokenizer, _ = model_and_tokenizer(model, tokenizer, cfg, device=device, shard=fsdp, rewrites=True)
     before = count_params(model)
     cfg = cfg.resolved(before)

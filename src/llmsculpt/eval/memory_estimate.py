@@ -51,6 +51,7 @@ class Training:
     seq_len: int
     full: bool = True
     teacher: bool = False
+    first_phase_kept: float = 1.0  # fraction of the parameters the first training phase trains (accel prunes first)
 
 
 @dataclass
@@ -228,7 +229,8 @@ def _training_parts(arch, params: int, item: int, training: Training, devices: i
 
     tokens = training.batch_size * training.seq_len
     master = MASTER_BYTES if item < 4 else 0
-    state = params * (item + ADAM_BYTES + master) // devices if training.full else 0
+    trained = int(params * training.first_phase_kept)  # the largest model that is trained
+    state = trained * (item + ADAM_BYTES + master) // devices if training.full else 0
     acts = _activation_bytes(arch, tokens, training.seq_len, item, backward=True, checkpoint=False)
     logits = min(CHUNK_ELEMENTS, tokens * arch.vocab) * (item + 4 + 4) * 2
     return {"training_state": state, "training_activations": acts + logits,

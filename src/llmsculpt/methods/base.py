@@ -45,6 +45,7 @@ class PruneContext:
     progress: bool = False
     engine: object = field(default_factory=LocalEngine)  # LocalEngine or measure.sharded.ShardedEngine
     inplace: bool = False
+    calib_text: str | None = None  # the caller's calibration text, when ``calibration`` draws from one
 
 
 @dataclass

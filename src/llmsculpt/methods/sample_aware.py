@@ -59,7 +59,8 @@ def plan_with_terms(arch: Architecture, terms, config, *, alpha1, alpha2, lambda
 @register("sample_aware", options=SampleAwareOptions)
 def sample_aware(ctx: PruneContext) -> PruneResult:
     opts = check_options("sample_aware", ctx.config.options)
-    pool = pool_for(ctx.tokenizer, ctx.config, opts.pool_size, opts.pool_seed, opts.calib_text)
+    text = opts.calib_text if opts.calib_text is not None else ctx.calib_text  # the recipe's, else the caller's
+    pool = pool_for(ctx.tokenizer, ctx.config, opts.pool_size, opts.pool_seed, text)
     idx = opts.samples
     if not idx or max(idx) >= len(pool):
         raise SculptError(f"sample indices must be in [0, {len(pool)})")
