@@ -24,6 +24,8 @@ Measured (2 shared CPU cores, load 6–8, so seconds are loose; embedded text, 4
 | T=10 uniform-it (A = 0) | 0 | – | – | 80,705,088 | 675.37 | 1.00 | 0.51–0.51 | 74 |
 | T=10 | 1 | max | yes | 80,708,544 | 233.48 | 0.35 | 0.00–0.54 | 69 |
 | a=0.5 (2026-12-01, load ~5) | 0.5 | max | yes | 80,708,544 | 275.27 | 0.58 | 0.25–0.52 | 190 |
+| n=16 uniform-it (A = 0), 16×128 | 0 | – | – | 80,707,968 | 416.28 | 1.00 | 0.51–0.51 | 461 |
+| n=16, 16×128 | 1 | max | yes | 80,707,392 | 199.93 | 0.48 | 0.00–0.54 | 119 |
 
 50 % removed (the same machine, 2 CPU cores shared with two other sessions, load ~5, 2026-12-01; otherwise as
 above; dense ppl 23.32):
@@ -40,6 +42,8 @@ above; dense ppl 23.32):
 | uniform-it, ``--seed 1`` | 0 | – | 67,235,904 | 2,860.92 | 1.00 | 0.63–0.63 | 198 |
 | base, ``--seed 1`` | 1 | max | 67,256,640 | 1,964.62 | 0.69 | 0.00–0.67 | 182 |
 | a=0.5, ``--seed 1`` | 0.5 | max | 67,256,064 | 1,964.94 | 0.69 | 0.32–0.65 | 229 |
+| uniform-it, n = 16 (16×128) | 0 | – | 67,232,448 | 1,994.25 | 1.00 | 0.63–0.63 | 252 |
+| base, n = 16 (16×128) | 1 | max | 67,256,064 | 1,895.11 | 0.95 | 0.00–0.67 | 269 |
 
 Second text (``--text ../shared/data/text/lee_news.txt``, same settings): 40 %: uniform-it 639.04, base
 286.85 (0.45×); 50 %: uniform-it 6,424.48, base 1,580.09 (0.25×), a=0.5 1,873.04 (0.29×). Final
