@@ -34,6 +34,7 @@ from llmsculpt.surgery import apply_plan
 from llmsculpt.testing import tiny_model, tiny_tokenizer
 from llmsculpt.testing.masking import mask_plan
 
+from _plans import mixed_plan, save_load_plan
 from conftest import FAMILIES
 
 BF16 = torch.bfloat16
@@ -104,16 +105,6 @@ def masked(model, plan):
     return mask_plan(dense, plan.without_updates())
 
 
-def mixed_plan(arch, hidden=True):
-    p = Plan.keep_all(arch)
-    p.layers[0].heads, p.layers[0].kv_heads = [2, 3], [1]  # a whole K/V group goes
-    p.layers[1].heads, p.layers[1].kv_heads = [0, 2, 3], [0, 1]  # cluster attention: 1 + 2 query heads
-    p.layers[2].drop = True
-    p.layers[3].mlp = list(range(0, arch.layers[3].mlp, 2))
-    p.hidden = [i for i in range(arch.hidden) if i % 5] if hidden else None
-    return p
-
-
 # ---- surgery ---------------------------------------------------------------------------------------
 
 
@@ -135,7 +126,7 @@ def test_hand_plan_pruned_equals_masked_in_bf16(family, hidden):
     """Within CLOSE (hidden channels: surgery rescales the norms in bf16, masking does not); the
     parameter count and architecture are the plan's, exactly, and every weight stays bf16."""
     model = bf16_model(family)
-    plan = mixed_plan(architecture(model), hidden)
+    plan = mixed_plan(architecture(model), hidden=hidden)
     pruned = apply_plan(copy.deepcopy(model), plan)
     assert {p.dtype for p in pruned.parameters()} == {BF16}
     assert architecture(pruned) == plan.resulting(architecture(model))
@@ -268,15 +259,7 @@ def test_save_load_round_trip_is_exact_in_bf16(tmp_path, family, heterogeneous):
     """Exact (same bf16 weights, same kernels): uniform with hidden channels and fewer heads, or per
     layer with cluster attention, a dropped layer and a narrower MLP (our config class, remote code)."""
     model = bf16_model(family)
-    plan = Plan.keep_all(architecture(model))
-    if heterogeneous:
-        plan.layers[1].heads, plan.layers[1].kv_heads = [0, 2, 3], [0, 1]
-        plan.layers[2].drop = True
-        plan.layers[3].mlp = list(range(50))
-    else:
-        for lp in plan.layers:
-            lp.mlp, lp.heads, lp.kv_heads = list(range(50)), [2, 3], [1]
-        plan.hidden = list(range(40))
+    plan = save_load_plan(architecture(model), heterogeneous)
     apply_plan(model, plan)
     save_pruned(model, tiny_tokenizer(), tmp_path / "out", plan=plan)
     assert Plan.load(tmp_path / "out" / "plan.json").to_dict() == plan.to_dict()

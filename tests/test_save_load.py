@@ -15,6 +15,7 @@ from llmsculpt.structures.shapes import architecture
 from llmsculpt.surgery import apply_plan
 from llmsculpt.testing import tiny_model, tiny_tokenizer
 
+from _plans import save_load_plan
 from conftest import FAMILIES
 
 X = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
@@ -22,15 +23,7 @@ X = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
 
 def _pruned(family, heterogeneous):
     model = tiny_model(family)
-    plan = Plan.keep_all(architecture(model))
-    if heterogeneous:
-        plan.layers[1].heads, plan.layers[1].kv_heads = [0, 2, 3], [0, 1]  # cluster attention
-        plan.layers[2].drop = True
-        plan.layers[3].mlp = list(range(50))
-    else:
-        for lp in plan.layers:
-            lp.mlp, lp.heads, lp.kv_heads = list(range(50)), [2, 3], [1]
-        plan.hidden = list(range(40))
+    plan = save_load_plan(architecture(model), heterogeneous)
     apply_plan(model, plan)
     return model, plan
 

@@ -13,27 +13,16 @@ from llmsculpt.surgery import apply_plan
 from llmsculpt.testing import tiny_model
 from llmsculpt.testing.masking import mask_plan
 
+from _plans import mixed_plan
 from conftest import FAMILIES
 
 X = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
 
 
-def _mixed_plan(arch, *, hidden=True, cluster=True):
-    p = Plan.keep_all(arch)
-    p.layers[0].heads, p.layers[0].kv_heads = [2, 3], [1]  # a whole K/V group goes
-    if cluster:
-        p.layers[1].heads, p.layers[1].kv_heads = [0, 2, 3], [0, 1]  # uneven: 1 + 2 query heads
-    p.layers[2].drop = True
-    p.layers[3].mlp = list(range(0, arch.layers[3].mlp, 2))
-    if hidden:
-        p.hidden = [i for i in range(arch.hidden) if i % 5]
-    return p
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pruned_equals_masked_dense(family):
     model = tiny_model(family, rms_norm_eps=1e-12)
-    plan = _mixed_plan(architecture(model))
+    plan = mixed_plan(architecture(model))
     ref = mask_plan(copy.deepcopy(model), plan)(X).logits
     pruned = apply_plan(copy.deepcopy(model), plan)
     assert torch.allclose(pruned(X).logits, ref, atol=1e-5, rtol=1e-5)
@@ -44,7 +33,7 @@ def test_param_count_matches_plan(family):
     model = tiny_model(family)
     arch = architecture(model)
     assert count_params(model) == arch.param_count()
-    plan = _mixed_plan(arch)
+    plan = mixed_plan(arch)
     predicted = plan.resulting(arch)
     apply_plan(model, plan)
     assert count_params(model) == predicted.param_count()
@@ -118,7 +107,7 @@ def test_invalid_plans_are_rejected(mutate, message):
 def test_plan_json_round_trip_and_composition(tmp_path):
     model = tiny_model("tiny-llama", rms_norm_eps=1e-12)
     arch = architecture(model)
-    first = _mixed_plan(arch, hidden=False)
+    first = mixed_plan(arch, hidden=False)
     first.save(tmp_path / "p.json")
     assert Plan.load(tmp_path / "p.json").to_dict() == first.to_dict()
     step = copy.deepcopy(model)
@@ -151,7 +140,7 @@ def test_plan_updates_apply_compose_and_round_trip(tmp_path):
     in the sidecar, and composing two plans with updates equals applying them one after the other."""
     model = tiny_model("tiny-llama", rms_norm_eps=1e-12)
     arch = architecture(model)
-    first = _mixed_plan(arch, hidden=False)
+    first = mixed_plan(arch, hidden=False)
     first.updates = [_update(first, arch, 0, "o_proj", "weight", "set", 1), _update(first, arch, 1, "down_proj", "bias", "add", 2),
                      _update(first, arch, 3, "down_proj", "weight", "set", 3)]
     step = apply_plan(copy.deepcopy(model), first)
