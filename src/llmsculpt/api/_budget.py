@@ -35,16 +35,13 @@ def fit_or_refuse(model, *, method: str, dtype, n_samples: int, seq_len: int, bu
     a one-line SculptError naming the predicted peak, the budget and what to change. ``model`` is a
     name/path (read from its config on the meta device) or a loaded module; ``training``
     (eval.memory_estimate.Training) adds a training phase; ``label`` names the run in the message."""
-    from llmsculpt.eval.memory_estimate import GRAD_METHODS, FORWARD_METHODS, engine_micro_batch, estimate
-    from llmsculpt.models.placement import dtype_name, resolve_device, source_dtype
+    from llmsculpt.eval.memory_estimate import GRAD_METHODS, FORWARD_METHODS, engine_micro_batch, estimate, working_dtype
+    from llmsculpt.models.placement import dtype_name, resolve_device
 
     limit, origin = budget_in_force(budget, device)
     if limit is None or method not in GRAD_METHODS | FORWARD_METHODS:
         return None  # nothing to fit, or no memory model for this method (the run goes ahead as before)
-    if isinstance(model, nn.Module):
-        working = next(model.parameters()).dtype
-    else:
-        working = source_dtype(model, dtype)
+    working = working_dtype(model, "auto" if isinstance(model, nn.Module) else dtype)  # a module is run as it is
     kind = "cuda" if resolve_device(device).type == "cuda" else "cpu"
     micro = engine_micro_batch(method, n_samples, seq_len)
     while True:

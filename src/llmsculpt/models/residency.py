@@ -18,6 +18,7 @@ describes the current architecture (``structures.architecture`` and ``surgery.sy
 
 from __future__ import annotations
 
+import functools
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,19 +138,9 @@ def trim_heap() -> None:
     threshold that were freed stay in a heap which every change of widths fragments further
     (measured: +0.4 GB over a 0.5B wanda-sp run layer by layer; 0.3–0.6 GB between the steps of a
     0.5B adaptive prune). A no-op off glibc."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        import ctypes
-        import ctypes.util
-        import sys
-
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if sys.platform.startswith("linux") else None
-            _MALLOC_TRIM = getattr(libc, "malloc_trim", False) or False
-        except OSError:
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def own_weights(model: nn.Module) -> nn.Module:
@@ -199,12 +190,24 @@ def _drop_pages(start: int, size: int) -> None:
 
     page = mmap.PAGESIZE
     lo, hi = -(-start // page) * page, (start + size) // page * page
-    if hi > lo:
-        libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
+    if hi > lo and libc is not None:
         libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
 
 
-_MALLOC_TRIM = None  # glibc's malloc_trim, once looked up (False: not available)
+@functools.cache
+def _libc():
+    """glibc, looked up once (None off Linux or where it cannot be loaded)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
 
 
 def _on_meta(module: nn.Module) -> bool:
