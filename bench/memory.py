@@ -9,7 +9,9 @@ runs one Adapt-Accel phase (prune 25 %, then full training at batch 4 × 128 on 
 40,000 characters of ../shared/data/text/lee_news.txt, saved): the training phase's peak against the estimate's.
 A method written ``flap:lbl`` (any forward-only method) runs ``layer_by_layer=True``: streamed from the
 safetensors files one layer at a time and written as it goes (so that row includes the save; the
-whole-model rows do not save). Models: the default (SmolLM2-135M) and a 0.5B-class Qwen2 shape (hidden 896, 24 layers, 14 heads /
+whole-model rows do not save). A method written ``adaptive:p2`` is launched on 2 CPU processes (torchrun,
+gloo; the shard-resident prune, api/_sharded.py; ``:p1`` is the ordinary one-process run launched the
+same way): its peak is the highest of the processes' own peak RSS, against ``sculpt estimate --devices 2``. Models: the default (SmolLM2-135M) and a 0.5B-class Qwen2 shape (hidden 896, 24 layers, 14 heads /
 2 KV heads, MLP 4864, vocabulary 151,936, tied embeddings, q/k/v bias) with random weights, written
 once as BF16 safetensors to ``--cache``. ``--src DIR`` runs another checkout (e.g. a ``git worktree``
 of the previous commit at /tmp/before) for before/after numbers; such a checkout may lack
@@ -18,6 +20,7 @@ of the previous commit at /tmp/before) for before/after numbers; such a checkout
     nice -n 5 python bench/memory.py [--models default,qwen05b] [--methods adaptive,flap,uniform]
         [--dtypes float32,bfloat16] [--steps 2] [--src /tmp/before/src] [--json out.json]
     nice -n 5 python bench/memory.py --models qwen05b --methods flap,flap:lbl,wanda-sp,wanda-sp:lbl --dtypes bfloat16
+    nice -n 5 python bench/memory.py --models qwen05b --methods adaptive:p1,adaptive:p2,adaptive:p4 --dtypes bfloat16
 """
 
 from __future__ import annotations
@@ -77,6 +80,17 @@ cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None 
 print(json.dumps({"params_before": r["params_before"], "seconds": r["seconds"], "cuda_peak": cuda}))
 """
 
+LAUNCHED = """import json, os, resource, sys, llmsculpt
+from llmsculpt.cli.main import tune_process_memory
+tune_process_memory()
+model, method, dtype, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+kw = {"options": {"steps": steps}} if method == "adaptive" else {}
+r = llmsculpt.prune(model, method=method, ratio=0.25, dtype=dtype, **kw).report
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB: this process's own peak
+print(json.dumps({"rank": int(os.environ.get("RANK", 0)), "peak_kb": peak, "params_before": r["params_before"],
+                  "seconds": r["seconds"]}), flush=True)
+"""
+
 ACCEL_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "lee_news.txt"
 
 
@@ -89,8 +103,34 @@ def accel_data(cache: Path) -> Path:
     return out
 
 
+def run_launched(model: str, method: str, dtype: str, *, steps: int, processes: int) -> dict:
+    """``method`` launched on ``processes`` CPU processes (torchrun, gloo; one process: the ordinary
+    run): the highest of the processes' own peak RSS, and the main process's."""
+    import tempfile
+
+    script = Path(tempfile.mkdtemp()) / "launched.py"
+    script.write_text(LAUNCHED)
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // processes)))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(processes), str(script), model, method, dtype, str(steps)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        own = [ln for ln in proc.stderr.splitlines() if "Error" in ln]
+        return {"error": own[-1] if own else f"rc {proc.returncode}"}
+    ranks = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    peak = max(r["peak_kb"] for r in ranks) * 1024
+    params = ranks[0]["params_before"]
+    return {"peak_rss_bytes": peak, "params": params, "bytes_per_param": peak / params,
+            "main_rss_bytes": next(r["peak_kb"] for r in ranks if r["rank"] == 0) * 1024,
+            "prune_seconds": max(r["seconds"] for r in ranks), "processes": processes,
+            "estimate_bytes": predicted(model, method, dtype, steps, devices=processes)}
+
+
 def run_one(model: str, method: str, dtype: str, *, steps: int, src: str | None, src_dtype: bool = False,
             data: Path | None = None) -> dict:
+    if ":p" in method:  # e.g. adaptive:p2, launched on 2 processes
+        base, n = method.split(":p")
+        return run_launched(model, base, dtype, steps=steps, processes=int(n))
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src
@@ -112,7 +152,7 @@ def run_one(model: str, method: str, dtype: str, *, steps: int, src: str | None,
             "prune_seconds": report["seconds"], "wall": wall, "estimate_bytes": predicted(model, method, dtype, steps)}
 
 
-def predicted(model: str, method: str, dtype: str, steps: int) -> int | None:
+def predicted(model: str, method: str, dtype: str, steps: int, devices: int = 1) -> int | None:
     """``sculpt estimate``'s peak for the same run (the training phase included for accel)."""
     from llmsculpt.eval.memory_estimate import Training, estimate
 
@@ -123,7 +163,7 @@ def predicted(model: str, method: str, dtype: str, steps: int) -> int | None:
         return estimate(model, method="adaptive", dtype=dtype, n_samples=8, seq_len=128, device="cuda" if _has_cuda() else "cpu",
                         training=Training(batch_size=4, seq_len=128, first_phase_kept=0.75)).peak_bytes
     device = "cuda" if _has_cuda() else "cpu"
-    return estimate(model, method=base, dtype=dtype, layer_by_layer=layered, device=device).peak_bytes
+    return estimate(model, method=base, dtype=dtype, layer_by_layer=layered, device=device, devices=devices).peak_bytes
 
 
 def _has_cuda() -> bool:
@@ -190,7 +230,7 @@ def main() -> None:
     paths = {"default": "smollm2-135m", "qwen05b": None}
     base = baseline_rss(args.src)
     print(f"import-only RSS {base / 2**20:.0f} MiB ({'src ' + args.src if args.src else 'this tree'})")
-    print(f"{'model':8} {'method':9} {'dtype':9} {'peak RSS':>9} {'B/param':>8} {'(-import)':>9} {'prune s':>8} "
+    print(f"{'model':8} {'method':11} {'dtype':9} {'peak RSS':>9} {'B/param':>8} {'(-import)':>9} {'prune s':>8} "
           f"{'estimate':>9}")
     rows = []
     dtypes = ["float32"] if args.src and not args.src_dtype else args.dtypes.split(",")
@@ -203,11 +243,11 @@ def main() -> None:
                               data=accel_data(Path(args.cache)) if method == "accel" else None)}
                 rows.append(r)
                 if "error" in r:
-                    print(f"{model:8} {method:9} {dtype:9} error: {r['error']}")
+                    print(f"{model:8} {method:11} {dtype:9} error: {r['error']}")
                     continue
                 net = (r["peak_rss_bytes"] - base) / r["params"]
                 est = f"{r['estimate_bytes'] / 2**30:8.2f}G" if r.get("estimate_bytes") else "       –"
-                print(f"{model:8} {method:9} {dtype:9} {r['peak_rss_bytes'] / 2**30:8.2f}G {r['bytes_per_param']:8.2f} "
+                print(f"{model:8} {method:11} {dtype:9} {r['peak_rss_bytes'] / 2**30:8.2f}G {r['bytes_per_param']:8.2f} "
                       f"{net:9.2f} {r['prune_seconds']:8.1f} {est}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"import_rss": base, "rows": rows}, indent=2))

@@ -7,6 +7,7 @@ the spread of the final per-layer sparsity, and seconds. Text: the embedded defa
 20 % by characters) to confirm on a second one, e.g. ../shared/data/text/lee_news.txt.
 
     nice -n 5 python bench/sweep_adaptive.py [--ratio 0.4] [--only base,a=2] [--text FILE]
+        [--n-samples 8] [--seq-len 128]   # calibration: n windows of L tokens, resampled each step
 
 Measured (2 shared CPU cores, load 6–8, so seconds are loose; embedded text, 40 % removed, T = 5,
 8×128 calibration, 40 windows; dense ppl 23.32):
@@ -85,7 +86,7 @@ from llmsculpt.models.loading import load
 
 BASE = {"amplitude": 1.0, "steps": 5, "normalise": "max", "cumulative": True}  # the chosen defaults
 # name -> (option changes, config changes), in priority order; "uniform-it" rows are the A = 0
-# reference of each (steps, n). "old" is the previous code: per-step offsets, max-normalised,
+# reference of each (steps, n×L). "old" is the previous code: per-step offsets, max-normalised,
 # A = 0.02 absolute ≈ a = 0.2 of a 0.1 step at 40 % and T = 5.
 VARIANTS = {
     "uniform-it": ({"amplitude": 0.0}, {}),
@@ -120,11 +121,12 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.4)
     ap.add_argument("--only", default=None, help="comma-separated variant names (default: all)")
     ap.add_argument("--text", default=None, help="text file to calibrate and evaluate on (default: embedded)")
-    ap.add_argument("--n-samples", type=int, default=8)
+    ap.add_argument("--n-samples", type=int, default=8, help="calibration windows per step")
+    ap.add_argument("--seq-len", type=int, default=128, help="tokens per calibration window")
     ap.add_argument("--seed", type=int, default=0, help="calibration sampling seed (PruneConfig.seed)")
     ap.add_argument("--max-windows", type=int, default=40)
     ap.add_argument("--reference", type=float, default=None,
-                    help="A = 0 perplexity at the base steps and n from an earlier run (skips recomputing it)")
+                    help="A = 0 perplexity at the base steps and n×L from an earlier run (skips recomputing it)")
     args = ap.parse_args()
     calib_text, held_out = texts(args.text)
     base = load("smollm2-135m", device="cpu")
@@ -132,13 +134,13 @@ def main() -> None:
     names = args.only.split(",") if args.only else list(VARIANTS)
     dense = perplexity(base.model, tok, held_out, seq_len=128, max_windows=args.max_windows).ppl
     print(f"smollm2-135m, {args.ratio:.0%} removed, no training; text: {args.text or 'embedded'}; calibration "
-          f"{args.n_samples}x128 resampled each step, seed {args.seed}; held-out {args.max_windows} windows of 128; dense ppl {dense:.2f}")
+          f"{args.n_samples}x{args.seq_len} resampled each step, seed {args.seed}; held-out {args.max_windows} windows of 128; dense ppl {dense:.2f}")
     print(f"base options: {BASE}, split importance")
-    print("| variant | T | a | norm | cumul. | split | n | params | ppl | ÷ A=0 | sparsity min–max | s |")
+    print("| variant | T | a | norm | cumul. | split | n×L | params | ppl | ÷ A=0 | sparsity min–max | s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     reference: dict[tuple, float] = {}
     if args.reference:
-        reference[(BASE["steps"], args.n_samples)] = args.reference
+        reference[(BASE["steps"], args.n_samples, args.seq_len)] = args.reference
     layers: dict[str, list[float]] = {}
     for name in names:
         opt_change, cfg_change = VARIANTS[name]
@@ -146,18 +148,19 @@ def main() -> None:
         cfg = PruneConfig(method="adaptive", ratio=args.ratio, seed=args.seed, options=opts, split=cfg_change.get("split"),
                           layers=cfg_change.get("layers"))
         cfg.data.n_samples = cfg_change.get("n_samples", args.n_samples)
+        cfg.data.seq_len = args.seq_len
         t0 = time.perf_counter()
         out = prune(copy.deepcopy(base.model), inplace=True, tokenizer=tok, config=cfg, calib_text=calib_text, progress=True)
         sec = time.perf_counter() - t0
         ppl = perplexity(out.model, tok, held_out, seq_len=128, max_windows=args.max_windows).ppl
-        key = (opts["steps"], cfg.data.n_samples)
+        key = (opts["steps"], cfg.data.n_samples, cfg.data.seq_len)
         if opts["amplitude"] == 0:
             reference[key] = ppl
         rel = f"{ppl / reference[key]:.2f}" if key in reference else "–"
         last = out.report["history"]["steps"][-1]["layer_sparsity"].values()
         layers[name] = list(last)
         print(f"| {name} | {opts['steps']} | {opts['amplitude']} | {opts['normalise']} | {opts['cumulative']} | "
-              f"{cfg.split or 'importance'} | {cfg.data.n_samples} | {out.report['params_after']:,} | {ppl:.2f} | {rel} | "
+              f"{cfg.split or 'importance'} | {cfg.data.n_samples}×{cfg.data.seq_len} | {out.report['params_after']:,} | {ppl:.2f} | {rel} | "
               f"{min(last):.2f}–{max(last):.2f} | {sec:.0f} |", flush=True)
     print("\nfinal per-layer sparsity (layer 0 first):")
     for name, values in layers.items():

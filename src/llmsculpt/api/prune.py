@@ -28,6 +28,7 @@ class PruneOutcome:
     plan: Plan
     report: dict
     recipe: PruneConfig | None = None
+    main: bool = True  # this process reports (False on the other processes of a launched run)
 
     @property
     def architecture(self) -> Architecture:
@@ -106,6 +107,14 @@ def prune(
     cfg.check_options()  # unknown method or option: before anything is loaded
     if out is not None and not dry_run:
         check_out_dir(out, overwrite)
+    if _launched():
+        from llmsculpt.api._sharded import prune_sharded
+
+        if isinstance(model, nn.Module) or dry_run:
+            raise SculptError("a prune on several processes loads its checkpoint directory itself and cannot dry-run; "
+                              "pass the directory's path (--model DIR), or run in one process")
+        return prune_sharded(cfg, calib_text=calib_text, out=out, overwrite=overwrite, plots=plots, progress=progress,
+                             eval_text=eval_text, eval_windows=eval_windows, calibration_fn=_calibration_fn)
     if _layer_by_layer(cfg, model, device):
         return _prune_layer_by_layer(model, cfg, tokenizer=tokenizer, calib_text=calib_text, dry_run=dry_run,
                                      out=out, overwrite=overwrite, plots=plots, eval_text=eval_text,
@@ -158,6 +167,13 @@ def _report(cfg: PruneConfig, source: Architecture, result, *, params_before: in
         "seconds": seconds, "uniform_layers": uniform, "original_architecture": source.to_dict(),
         "history": result.history,
     }
+
+
+def _launched() -> bool:
+    """Launched on several processes (torchrun / accelerate launch): the shard-resident prune."""
+    from llmsculpt.run.processes import world_size_from_env
+
+    return world_size_from_env() > 1
 
 
 def _layer_by_layer(cfg: PruneConfig, model, device) -> bool:

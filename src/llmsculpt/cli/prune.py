@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     outcome = prune(config=cfg, out=None if args.dry_run else args.out, overwrite=args.overwrite,
                     plots=not args.no_plots and has_matplotlib(), dry_run=args.dry_run, progress=not args.json,
                     eval_text=eval_text, eval_windows=args.eval_windows, device=args.device)
+    if not outcome.main:  # another process of a launched run: the main one reports
+        return 0
     r = outcome.report
     if args.json:
         emit_json(r)

@@ -27,7 +27,6 @@ def _max_context(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-@torch.inference_mode()
 def perplexity(
     model,
     tokenizer,
@@ -36,9 +35,12 @@ def perplexity(
     seq_len: int = 128,
     batch_size: int = 8,
     max_windows: int | None = None,
+    nll=None,
 ) -> PerplexityResult:
     """exp(mean NLL) over the text cut into non-overlapping ``seq_len`` windows (each window
-    predicts its last ``seq_len - 1`` tokens). ``max_windows`` keeps the first N windows.
+    predicts its last ``seq_len - 1`` tokens). ``max_windows`` keeps the first N windows. ``nll(model,
+    batch)`` sums a batch's negative log-likelihood instead of :func:`nll_sum` (a sharded model runs
+    through its own forward: ``llmsculpt.api._sharded``), under ``no_grad`` rather than ``inference_mode``.
 
     Example:
         >>> from llmsculpt.testing import tiny_model, tiny_tokenizer
@@ -63,12 +65,13 @@ def perplexity(
     was_training = model.training
     model.eval()
     total = 0.0
+    # a sharded model's gathered parameters must not become inference tensors: no_grad for it
     try:
-        for batch in windows.split(batch_size):
-            batch = batch.to(device)
-            total += nll_sum(model, batch).item()
+        with torch.inference_mode() if nll is None else torch.no_grad():
+            for batch in windows.split(batch_size):
+                total += (nll or nll_sum)(model, batch.to(device)).item()
     finally:
         model.train(was_training)
     count = n * (seq_len - 1)
-    nll = total / count
-    return PerplexityResult(ppl=math.exp(nll), nll=nll, tokens=count, windows=n, seq_len=seq_len)
+    mean = total / count
+    return PerplexityResult(ppl=math.exp(mean), nll=mean, tokens=count, windows=n, seq_len=seq_len)

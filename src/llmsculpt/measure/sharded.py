@@ -27,6 +27,7 @@ FSDP2 holds its gathered weights for the backward); the hooks count a recomputed
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import ExitStack
 
@@ -63,9 +64,14 @@ class ShardedEngine:
     """Measures through ``net`` on every process of ``procs`` (run.processes.Processes, duck-typed:
     rank, world, device, is_main, sharded, wrap, share, sum_over_processes, mean, sync)."""
 
-    def __init__(self, procs, net: nn.Module, *, micro_batch: int = 4) -> None:
+    def __init__(self, procs, net: nn.Module, *, micro_batch: int = 4, resident: nn.Module | None = None) -> None:
+        """``resident``: the plain model is a meta skeleton on every process (this one, as given) and
+        ``net``'s shards are the only weights (run/shards.py): ``applied`` then reshards ``net`` with
+        the agreed plan instead of re-wrapping a whole host copy."""
         self.procs, self.micro_batch = procs, micro_batch
         self._net, self.stale = net, False
+        self.skeleton = copy.deepcopy(resident) if resident is not None else None
+        self._agreed = None
 
     @property
     def decides(self) -> bool:
@@ -93,11 +99,22 @@ class ShardedEngine:
         (DDP broadcasts the main process's module state, sharding fills the shards from it)."""
         from llmsculpt.plan import Plan
 
+        if self.skeleton is not None:  # the whole plan, update values too: every process applies them to its shards
+            self._agreed = self.procs.share(plan if self.decides else None)
+            return self._agreed
         shared = self.procs.share(plan.to_dict() if self.decides else None)  # collective: every process calls it
         return plan if self.decides else Plan.from_dict(shared)
 
     def applied(self, model: nn.Module) -> None:
-        self.stale = True  # re-wrap lazily: the planner may stop here, and the caller re-wraps anyway
+        if self.skeleton is None:
+            self.stale = True  # re-wrap lazily: the planner may stop here, and the caller re-wraps anyway
+            return
+        from llmsculpt.models.residency import trim_heap
+        from llmsculpt.run.shards import reshard
+
+        self._net = reshard(self._net, self.skeleton, self._agreed, model, self.procs.device)
+        self.skeleton = copy.deepcopy(model)
+        trim_heap()
 
     # ---- passes ---------------------------------------------------------------------------
     def _watched(self, model: nn.Module) -> nn.Module:
@@ -112,6 +129,9 @@ class ShardedEngine:
                 self._reduce_shard(name, p, reducer, out)  # only score vectors cross processes
                 p.grad = None
             elif p.grad is not None and name in scored:
+                if self.skeleton is not None:
+                    raise SculptError(f"{name}'s gradient would have to be gathered whole; the shard-resident "
+                                      "prune scores only what the shards reduce (taylor, taylor_vector)")
                 grad = _full(p.grad)  # every process takes part in the gather
                 p.grad = None
                 if self.decides:

@@ -95,7 +95,8 @@ def _relinear(owner: nn.Module, name: str, **kw) -> None:
     setattr(owner, name, slice_linear(lin, **kw, **extra))
 
 
-def _prune_norm(norm: nn.Module, keep: torch.Tensor, scale: float) -> None:
+def _prune_norm(norm: nn.Module, keep: list[int], scale: float) -> None:
+    keep = _index(keep, norm.weight.device)  # each tensor's own device (run/shards.py mixes meta and real)
     norm.weight = _param(norm.weight.data.index_select(0, keep) * scale, norm.weight)
     if getattr(norm, "bias", None) is not None:
         norm.bias = _param(norm.bias.data.index_select(0, keep), norm.bias)
@@ -105,14 +106,12 @@ def _prune_hidden(spec: ArchSpec, model: nn.Module, keep: list[int], rms_rescale
     embed = get_path(model, spec.embed)
     lm_head = get_path(model, spec.lm_head)
     tied = lm_head.weight is embed.weight
-    dev = embed.weight.device
-    idx = _index(keep, dev)
     old = embed.weight.shape[1]
     # RMSNorm divides by sqrt(mean(x^2)) over the hidden channels: with d' < d channels the same
     # energy is averaged over fewer terms. Scaling the norm weights by sqrt(d/d') keeps outputs exact
     # when the removed channels carry no energy, and close when they carry little.
     scale = math.sqrt(old / len(keep)) if rms_rescale else 1.0
-    embed.weight = _param(embed.weight.data.index_select(1, idx), embed.weight)
+    embed.weight = _param(embed.weight.data.index_select(1, _index(keep, embed.weight.device)), embed.weight)
     embed.embedding_dim = len(keep)
     if tied:
         lm_head.weight = embed.weight
@@ -121,10 +120,10 @@ def _prune_hidden(spec: ArchSpec, model: nn.Module, keep: list[int], rms_rescale
         set_owner, name = spec.lm_head.rsplit(".", 1) if "." in spec.lm_head else ("", spec.lm_head)
         owner = get_path(model, set_owner) if set_owner else model
         setattr(owner, name, slice_linear(lm_head, cols=keep))
-    _prune_norm(get_path(model, spec.final_norm), idx, scale)
+    _prune_norm(get_path(model, spec.final_norm), keep, scale)
     for layer in spec.decoder_layers(model):
         for norm_name in spec.layer_norms:
-            _prune_norm(getattr(layer, norm_name), idx, scale)
+            _prune_norm(getattr(layer, norm_name), keep, scale)
         attn, mlp = spec.attention(layer), spec.mlp_module(layer)
         for name in (spec.q, spec.k, spec.v):
             _relinear(attn, name, cols=keep)

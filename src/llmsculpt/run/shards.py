@@ -1,0 +1,203 @@
+"""Shard-resident models: a run on several processes in which no process ever holds the whole model.
+
+The plain model is a meta-device skeleton on *every* process (shapes, the config and the rotary
+tables; no weights), and the weights exist only as FSDP2 shards (each decoder layer one unit, the
+embedding, final norm and lm_head the root unit), 1/N of every tensor per process:
+
+- :func:`load_shards` builds the skeleton from ``config.json`` and fills each process's shards
+  straight from the safetensors files, reading only its own rows of each tensor;
+- :func:`reshard` applies a plan that every process holds: one unit at a time, that unit's
+  whole tensors are gathered (collective), the plan is applied to a copy of the skeleton in which
+  only that unit is materialised (``surgery.apply_plan`` itself, so the result is the one a single
+  process computes), and each process keeps its rows of the pruned tensors in a new sharded copy
+  built from the pruned skeleton; a unit the plan leaves as it is (the root unit without hidden
+  channel pruning, a layer it does not touch) keeps its shards without any gather. Peak per
+  process: its shards of the old and the new model plus one unit's whole tensors, dense and pruned;
+- :func:`full_units` gathers the pruned model unit by unit for the main process to write.
+
+Scores never need whole tensors either: measure/sharded.py reduces each shard's gradient to group
+scores where it lives. So the per-process peak falls with the number of processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from llmsculpt.errors import SculptError
+from llmsculpt.models.spec import spec_for
+
+
+def empty_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """An FSDP2 copy of ``model`` (whose parameters may be on the meta device) with uninitialised
+    shards on ``device`` and ``model``'s buffers (the rotary tables) copied in. Each decoder layer
+    is one unit, the rest (embedding, final norm, lm_head) the root unit; tied weights stay tied."""
+    from torch.distributed.fsdp import fully_shard
+
+    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for p in model.parameters()}
+    net = copy.deepcopy(model, memo)  # parameters start on meta: no second copy of any weight
+    for layer in spec_for(model).decoder_layers(net):
+        fully_shard(layer)
+    fully_shard(net)
+    net.to_empty(device=device)
+    plain = dict(model.named_buffers())
+    for name, buffer in net.named_buffers():  # not in the state dict; emptied by to_empty
+        if not plain[name].is_meta:
+            buffer.data.copy_(plain[name])
+    return net
+
+
+def local_rows(p) -> slice:
+    """The rows of the full tensor that this process's shard of ``p`` holds (FSDP2 shards dim 0 as
+    ``torch.chunk`` does: the last shards may be short or empty)."""
+    rows, world = p.shape[0], p.device_mesh.size()
+    chunk = math.ceil(rows / world)
+    start = min(rows, p.device_mesh.get_local_rank() * chunk)
+    return slice(start, min(rows, start + chunk))
+
+
+def _fill(p, rows: torch.Tensor) -> None:
+    local = p.to_local()
+    if local.shape != rows.shape:
+        raise SculptError(f"internal: a shard of {tuple(p.shape)} holds {tuple(local.shape)}, "
+                          f"expected {tuple(rows.shape)}")
+    with torch.no_grad():
+        local.copy_(rows)
+
+
+def load_shards(directory: str | Path, *, dtype: torch.dtype, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(skeleton, sharded net) of the safetensors checkpoint ``directory``, in ``dtype``; each process
+    reads only its rows of every tensor (memory-mapped), so none ever holds the whole model. Collective
+    only in building the FSDP units (every process calls it)."""
+    from safetensors import safe_open
+
+    from llmsculpt.io.headers import safetensors_entries
+    from llmsculpt.models.meta import check_weight_shapes, meta_model
+    from llmsculpt.models.placement import fp32_rotary
+    from llmsculpt.models.residency import weight_files
+
+    files = weight_files(directory)
+    model = meta_model(directory).to(dtype)
+    shapes = {}
+    for path in set(files.values()):
+        shapes.update({n: tuple(e["shape"]) for n, e in safetensors_entries(path)[1].items()})
+    check_weight_shapes(model, shapes, where=str(directory))
+    fp32_rotary(model, "cpu")
+    model.config.dtype = dtype
+    model.eval()
+    net = empty_copy(model, device)
+    with ExitStack() as stack:
+        opened = {path: stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
+                  for path in set(files.values())}
+        for name, p in net.named_parameters():  # a tied lm_head is the embedding: listed once
+            if name not in files:
+                raise SculptError(f"{directory}: tensor {name!r} is missing from the safetensors files")
+            rows = local_rows(p)
+            part = opened[files[name]].get_slice(name)[rows.start : rows.stop]
+            _fill(p, part.to(device=p.device, dtype=dtype))
+    return model, net
+
+
+def resharded(net: nn.Module) -> nn.Module:
+    """``net`` with every unit back in its sharded state (after a forward the root unit stays gathered,
+    and its parameters are then plain tensors without ``full_tensor``)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in net.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+    return net
+
+
+def _units(spec, names: list[str], n_layers: int) -> list[list[str]]:
+    """Parameter names grouped by FSDP unit: each decoder layer, then the root unit (the rest)."""
+    prefix = spec.layers + "."
+    units = [[n for n in names if n.startswith(f"{prefix}{i}.")] for i in range(n_layers)]
+    return units + [[n for n in names if not n.startswith(prefix)]]
+
+
+def _materialised(skeleton: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``skeleton`` in which ``tensors`` (one unit's) are real and the rest stays on meta."""
+    work = copy.deepcopy(skeleton)
+    tied = getattr(work.config, "tie_word_embeddings", False)
+    work.load_state_dict(tensors, strict=False, assign=True)
+    if tied:
+        work.tie_weights()
+    return work
+
+
+def _untouched(plan, skeleton: nn.Module, n_layers: int) -> set[int]:
+    """Units (layer indices; ``n_layers`` for the root unit) whose tensors ``plan`` leaves as they are:
+    none when it drops a layer (names move) or adds a bias (every layer gains one); without hidden
+    channel pruning the root unit, and every layer whose plan keeps all of it."""
+    from llmsculpt.plan import Plan
+    from llmsculpt.structures.shapes import architecture
+
+    arch = architecture(skeleton)
+    if any(lp.drop for lp in plan.layers) or any(u.param == "bias" for u in plan.updates):
+        return set()
+    if plan.hidden is not None and len(plan.hidden) != arch.hidden:
+        return set()
+    keep = Plan.keep_all(arch)
+    changed = {u.layer for u in plan.updates}
+    return {i for i in range(n_layers) if plan.layers[i] == keep.layers[i] and i not in changed} | {n_layers}
+
+
+def reshard(net: nn.Module, skeleton: nn.Module, plan, pruned: nn.Module, device: torch.device) -> nn.Module:
+    """The sharded copy of ``pruned`` (``skeleton`` with ``plan`` applied, on meta) whose shards hold
+    ``net``'s weights with ``plan`` applied; every process holds ``plan``. One unit's whole tensors
+    at a time (collective; see the module docstring)."""
+    from llmsculpt.surgery import apply_plan
+
+    old = dict(resharded(net).named_parameters())
+    new = empty_copy(pruned, device)
+    targets = dict(new.named_parameters())
+    filled: set[str] = set()
+    n_layers = len(list(spec_for(skeleton).decoder_layers(skeleton)))
+    untouched = _untouched(plan, skeleton, n_layers)
+    for k, names in enumerate(_units(spec_for(skeleton), list(old), n_layers)):
+        if k in untouched:  # same tensors, same shapes, so the same rows here: no gather at all
+            for name in names:
+                _fill(targets[name], old[name].to_local().detach())
+                filled.add(name)
+            continue
+        whole = {n: old[n].full_tensor() for n in names}  # every process takes part in each gather
+        work = apply_plan(_materialised(skeleton, whole), plan)
+        del whole
+        for name, t in work.named_parameters():
+            if t.is_meta or name in filled:
+                continue
+            if name not in targets:
+                raise SculptError(f"internal: the plan made {name!r}, which the pruned skeleton lacks")
+            _fill(targets[name], t.detach()[local_rows(targets[name])].to(targets[name].dtype))
+            filled.add(name)
+        del work
+    if filled != targets.keys():
+        raise SculptError(f"internal: resharding left {sorted(targets.keys() - filled)[:3]} unfilled")
+    return new
+
+
+def full_units(net: nn.Module, model: nn.Module, *, keep: bool) -> Iterator[dict[str, torch.Tensor]]:
+    """``net``'s whole tensors, one FSDP unit at a time, as checkpoint names -> CPU tensors (empty
+    dicts where not ``keep``). Collective: every process iterates to the end."""
+    params = dict(resharded(net).named_parameters())
+    names = list(params)
+    n_layers = len(list(spec_for(model).decoder_layers(model)))
+    for unit in _units(spec_for(model), names, n_layers):
+        whole = {n: params[n].full_tensor() for n in unit}
+        yield {n: t.cpu() for n, t in whole.items()} if keep else {}
+        del whole
+
+
+def nll_through(net: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Σ −log p of the batch's next tokens through ``net``'s own forward (FSDP2 gathers each unit as
+    it runs; the decoder and head cannot be called apart, as eval/chunked_loss.py does). Collective."""
+    loss = net(input_ids=ids, labels=ids, use_cache=False).loss
+    return loss.float() * ids.shape[0] * (ids.shape[1] - 1)
