@@ -21,6 +21,22 @@ of the previous commit at /tmp/before) for before/after numbers; such a checkout
         [--dtypes float32,bfloat16] [--steps 2] [--src /tmp/before/src] [--json out.json]
     nice -n 5 python bench/memory.py --models qwen05b --methods flap,flap:lbl,wanda-sp,wanda-sp:lbl --dtypes bfloat16
     nice -n 5 python bench/memory.py --models qwen05b --methods adaptive:p1,adaptive:p2,adaptive:p4 --dtypes bfloat16
+
+Measured (this machine: 2 CPU cores, 24 GiB, no GPU; 2026-12-01, a helper's sweep on the other core;
+0.5B Qwen2 shape, bf16, adaptive, 2 steps, 10 × 128 calibration, nothing saved; peak = the highest
+process's own peak RSS, which includes its own runtime of ~0.4 GiB):
+
+| processes | peak RSS per process | estimate (``--devices N``) | prune s |
+|---|---|---|---|
+| 1 (the ordinary run) | 1.95 GiB | 2.20 GiB (+13 %) | 152 |
+| 2 (shard-resident) | 2.35 GiB | 2.56 GiB (+9 %) | 139 |
+| 4 (shard-resident) | 1.89 GiB | 2.13 GiB (+13 %) | 149 |
+
+Each process's share of the weights halves with N (0.46 → 0.23 GiB), but every process also holds
+what FSDP2 gathers whole during a pass: the root unit (here a tied 151,936 × 896 embedding, 28 % of
+the model's parameters, twice while it is gathered) and two decoder layers, plus its shard of every
+scored gradient until the pass ends. On this small, wide-vocabulary shape those fixed terms outweigh
+the shard at 2 processes; on a Llama-3.1-8B/70B shape the root unit is 6 % / 3 % of the weights.
 """
 
 from __future__ import annotations

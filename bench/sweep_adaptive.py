@@ -69,7 +69,26 @@ a = 1 stays (the paper's size; also what tests/test_pinned_plans.py pins: a = 0.
 adaptive-llama and adaptive-mistral-round plans). The equal-fraction split must cut one of 3 K/V
 groups per layer at this sparsity: 5.8× worse at 40 %, so ``importance`` stays. T = 10 gives 0.35×
 of its own A = 0 at 40 % but a higher ppl than T = 5 (233 vs 215): T = 5 is the default (half the
-cost). Not measured: n = 16, T = 10 at 50 %.
+cost); at 50 % T = 10 is worse still (0.74×, below).
+
+Calibration size and length (``--n-samples n --seq-len L``; T = 5, a = 1; 2026-12-01 on this tree,
+torch 1 thread, ``nice -n 10``, the other core busy with another session's tests, load 2–3.5; dense
+ppl 23.31). The 8×128 rows were re-run in the same conditions: the 50 % table's 3,269 / 1,759 became
+3,521 / 1,271 with no change to the pruning code (thread count changes the float summation order,
+and at 50 % that alone moves one row's ppl by ±30–40 %, so one row's ratio is only good to about
+±0.2). s is seconds of pruning (measurement dominates: ~linear in n × L).
+
+| removed | text | n×L (tokens/step) | seed | A = 0 ppl | base ppl | ÷ A=0 | s (A=0 / base) |
+|---|---|---|---|---|---|---|---|
+| 50 % | embedded | 8×128 (1,024) | 0 | 3,521.10 | 1,271.19 | 0.36 | 59 / 77 |
+| 50 % | embedded | 16×64 (1,024) | 0 | 2,389.62 | 1,743.95 | 0.73 | 74 / 84 |
+| 50 % | embedded | 32×128 (4,096) | 0 | 1,935.21 | 1,063.94 | 0.55 | 226 / 227 |
+| 50 % | embedded | 64×64 (4,096) | 0 | 1,698.88 | 4,274.06 | 2.52 | 176 / 211 |
+| 50 % | embedded | 512×64 (32,768, the paper's) | 0 | 2,210.60 | 1,392.82 | 0.63 | 1,454 / 1,588 |
+| 50 % | embedded | 8×128, T = 10 | 0 | 3,205.16 | 2,379.62 | 0.74 | 140 / 156 |
+| 50 % | embedded | 32×128 (4,096) | 1 | 1,840.24 | 2,346.75 | 1.28 | 230 / 242 |
+| 50 % | lee_news | 8×128 (1,024) | 0 | 4,784.17 | 2,093.33 | 0.44 | 95 / 72 |
+| 50 % | lee_news | 32×128 (4,096) | 0 | 3,983.36 | 1,895.43 | 0.48 | 213 / 274 |
 """
 
 from __future__ import annotations

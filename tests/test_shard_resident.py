@@ -144,3 +144,18 @@ def test_a_launched_prune_of_a_model_object_or_a_dry_run_is_refused(monkeypatch)
         llmsculpt.prune(tiny_model("tiny-llama"), tokenizer=tiny_tokenizer(), ratio=0.2)
     with pytest.raises(SculptError, match="cannot dry-run"):
         llmsculpt.prune("tiny-llama", ratio=0.2, dry_run=True)
+
+
+def test_a_launched_prunes_budget_and_estimate_are_per_process(tmp_path):
+    from llmsculpt.api._budget import fit_or_refuse
+    from llmsculpt.eval.memory_estimate import estimate
+    from llmsculpt.measure.sharded import micro_batch_for
+
+    ckpt = _checkpoint("tiny-llama", tmp_path / "ckpt")
+    kw = dict(method="adaptive", dtype="auto", n_samples=10, seq_len=32, device="cpu", command="this prune")
+    with pytest.raises(SculptError, match="this prune"):
+        fit_or_refuse(str(ckpt), budget="1MB", devices=2, **kw)
+    assert fit_or_refuse(str(ckpt), budget="64GB", devices=2, **kw) == micro_batch_for(10, 32, 2) == 5
+    peaks = [estimate(str(ckpt), method="adaptive", devices=d).breakdown for d in (1, 2, 4)]
+    assert "gathered" not in peaks[0] and peaks[1]["gathered"] == peaks[2]["gathered"] > 0  # FSDP2's whole units
+    assert peaks[0]["weights"] == 2 * peaks[1]["weights"] == 4 * peaks[2]["weights"]

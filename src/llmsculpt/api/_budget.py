@@ -30,11 +30,12 @@ def budget_in_force(budget: str | int | None, device) -> tuple[int | None, str]:
 
 
 def fit_or_refuse(model, *, method: str, dtype, n_samples: int, seq_len: int, budget: str | int | None, device,
-                  command: str, training=None, label: str | None = None) -> int | None:
+                  command: str, training=None, label: str | None = None, devices: int = 1) -> int | None:
     """The micro-batch the measuring engine should use (None: its own choice, no budget in force), or
     a one-line SculptError naming the predicted peak, the budget and what to change. ``model`` is a
     name/path (read from its config on the meta device) or a loaded module; ``training``
-    (eval.memory_estimate.Training) adds a training phase; ``label`` names the run in the message."""
+    (eval.memory_estimate.Training) adds a training phase; ``label`` names the run in the message;
+    ``devices`` > 1: the per-process peak of a sharded prune (api/_sharded.py), micro-batches per process."""
     from llmsculpt.eval.memory_estimate import GRAD_METHODS, FORWARD_METHODS, engine_micro_batch, estimate, working_dtype
     from llmsculpt.models.placement import dtype_name, resolve_device
 
@@ -44,9 +45,13 @@ def fit_or_refuse(model, *, method: str, dtype, n_samples: int, seq_len: int, bu
     working = working_dtype(model, "auto" if isinstance(model, nn.Module) else dtype)  # a module is run as it is
     kind = "cuda" if resolve_device(device).type == "cuda" else "cpu"
     micro = engine_micro_batch(method, n_samples, seq_len)
+    if devices > 1:
+        from llmsculpt.measure.sharded import micro_batch_for
+
+        micro = micro_batch_for(n_samples, seq_len, devices)
     while True:
         e = estimate(model, method=method, dtype=working, n_samples=n_samples, seq_len=seq_len, device=kind,
-                     budget=limit, micro_batch=micro, training=training)
+                     budget=limit, micro_batch=micro, training=training, devices=devices)
         if e.fits:
             return e.micro_batch
         if micro == 1:

@@ -59,6 +59,7 @@ def prune_sharded(cfg: PruneConfig, *, calib_text, out, overwrite: bool, plots: 
                   eval_text: str | None, eval_windows: int | None, calibration_fn):
     """The shard-resident prune (see the module docstring); returns a PruneOutcome whose ``model`` is
     the pruned skeleton (meta device) and whose ``main`` says whether this process reports."""
+    from llmsculpt.api._budget import fit_or_refuse
     from llmsculpt.api.prune import PruneOutcome, _report
     from llmsculpt.eval.memory_estimate import working_dtype
     from llmsculpt.measure.sharded import ShardedEngine
@@ -71,6 +72,9 @@ def prune_sharded(cfg: PruneConfig, *, calib_text, out, overwrite: bool, plots: 
     check_sharded(cfg)
     directory = checkpoint_directory(cfg.model)
     procs = Processes(shard=True)
+    micro = fit_or_refuse(str(directory), method=cfg.method, dtype=cfg.dtype, n_samples=cfg.data.n_samples,
+                          seq_len=cfg.data.seq_len, budget=cfg.budget, device=procs.device, command="this prune",
+                          devices=procs.world)  # per process, before any weight is read
     model, net = load_shards(directory, dtype=working_dtype(str(directory), cfg.dtype), device=procs.device)
     tokenizer = _load_tokenizer(str(directory))
     source = architecture(model)
@@ -82,7 +86,8 @@ def prune_sharded(cfg: PruneConfig, *, calib_text, out, overwrite: bool, plots: 
         raise SculptError(f"cannot remove {cfg.removal_target(before):,} of {before:,} parameters: lower the ratio")
     calib = calibration_fn(tokenizer, cfg.data, calib_text)
     calib(cfg.seed)  # fail on bad calibration data before any work
-    engine = ShardedEngine(procs, net, resident=model)
+    engine = ShardedEngine(procs, net, resident=model, **({"micro_batch": micro} if micro else {}))
+    del net  # the engine replaces its net at every pruning: no reference may keep the first one alive
     score = eval_text is not None
     ppl_before = _ppl(engine.net, tokenizer, eval_text, cfg.data.seq_len, eval_windows) if score else None
     t0 = time.perf_counter()

@@ -5,6 +5,8 @@ What a pass holds at its peak (see measure/local.py and eval/chunked_loss.py):
 - ``runtime``: Python, torch, transformers, tokenizer and calibration text (CPU RSS only; measured
   with bench/memory.py on tiny models, where it is nearly everything);
 - ``weights``: parameters × bytes of the working dtype, split over ``devices`` when sharded;
+- ``gathered`` (sharded over ``devices`` > 1): what FSDP2 gathers whole on every process during a
+  pass: the root unit (embedding, lm_head) and two decoder layers;
 - ``gradients`` (Taylor methods: adaptive, uniform, sample_aware): streamed to group scores, so about
   one decoder layer's Linear gradients (+ fp32 products) at a time, plus an fp32 accumulator per
   scored parameter when a micro-batch below the sample count forces several backwards;
@@ -149,9 +151,22 @@ def _gradient_bytes(arch, scored: int, item: int, devices: int, *, several: bool
     """Gradients live during a measuring pass (measure/streaming.py): each is reduced to group scores
     as soon as its last backward produced it, so one backward holds about one layer's gradients (and
     their fp32 products); several backwards (a micro-batch below the sample count) also keep an fp32
-    accumulator per scored parameter, so a smaller micro-batch costs more, not less."""
+    accumulator per scored parameter, so a smaller micro-batch costs more, not less. Sharded over
+    ``devices`` (measure/sharded.py), each process keeps its shard of every scored gradient until the
+    pass ends, and one layer's whole gradient while FSDP2 reduce-scatters it."""
     largest = max(_layer_scored(arch, ls) for ls in arch.layers)
-    return (largest * (item + 4) + (scored * 4 if several else 0)) // devices
+    if devices > 1:
+        return scored * item // devices + largest * item
+    return largest * (item + 4) + (scored * 4 if several else 0)
+
+
+def _gathered_bytes(arch, item: int) -> int:
+    """What a sharded pass holds whole on every process (FSDP2): the root unit (embedding, an untied
+    lm_head, the final norm) for the whole pass and two decoder layers (the running one and the next,
+    prefetched), each twice while it is being gathered (the all-gather buffer and the parameters)."""
+    root = arch.vocab * arch.hidden * (1 if arch.tied else 2) + arch.hidden
+    layer = max(arch.layer_params(ls) for ls in arch.layers)
+    return 2 * (root + 2 * layer) * item
 
 
 def engine_micro_batch(method: str, n_samples: int, seq_len: int) -> int:
@@ -206,6 +221,11 @@ def estimate(
         peak = parts["runtime"] + parts["weights"] + max(working_set, parts["copy_through"])  # not at once
         return Estimate(params=params, weights_bytes=params * item, peak_bytes=peak, breakdown=parts,
                         micro_batch=micro, fits=None if budget is None else peak <= budget, budget_bytes=budget)
+    if devices > 1 and micro_batch is None:  # measure/sharded.py: each process its share, in micro-batches
+        from llmsculpt.measure.sharded import micro_batch_for
+
+        micro = micro_batch_for(n_samples, seq_len, devices)
+        tokens = micro * seq_len
     parts = {
         "runtime": RUNTIME_CPU if torch.device(device).type == "cpu" else 0,
         "weights": params * item // devices,
@@ -213,7 +233,9 @@ def estimate(
         "activations": _activation_bytes(arch, tokens, seq_len, item, backward=backward),
         "logits_chunk": min(CHUNK_ELEMENTS, tokens * arch.vocab) * (item + 4 + 4) * (2 if backward else 1),
     }
-    prune_pass = parts["gradients"] + parts["activations"] + parts["logits_chunk"]
+    if devices > 1:
+        parts["gathered"] = _gathered_bytes(arch, item)
+    prune_pass = parts["gradients"] + parts["activations"] + parts["logits_chunk"] + parts.get("gathered", 0)
     peak = parts["runtime"] + parts["weights"] + prune_pass
     if training is not None:
         parts.update(_training_parts(arch, params, item, training, devices))

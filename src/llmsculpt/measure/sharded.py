@@ -20,7 +20,12 @@ of its own shard (its rows of each matrix) to the reducer's vectors, and only th
 processes (per-column partial sums all-reduced, per-row values gathered): no whole gradient is ever
 assembled anywhere (``_reduce_shard``). Under DDP the gradients are whole already and the main
 process reduces them. Without a reducer whole gradients are gathered into the main process's plain
-copy. The decoder layers of a gradient pass on calibration ids are checkpointed as in the local
+copy. Shard-resident (``resident=``, a launched prune: run/shards.py), every process's plain model
+is a meta skeleton, only reduced vectors may cross processes (a whole gradient is refused), the
+agreed plan travels whole (update values too) and ``applied`` reshards ``net`` with it in place of
+re-wrapping a host copy. Only the scored parameters get gradients (the embedding gets none), and the
+loss is the local engine's chunked one, run as the net's forward (run/shards.through_forward).
+The decoder layers of a gradient pass on calibration ids are checkpointed as in the local
 engine (measure/checkpointing.py: inside each FSDP unit, so a layer's recomputation runs while
 FSDP2 holds its gathered weights for the backward); the hooks count a recomputed forward once.
 """
@@ -28,8 +33,10 @@ FSDP2 holds its gathered weights for the backward); the hooks count a recomputed
 from __future__ import annotations
 
 import copy
+import gc
 import math
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -37,8 +44,17 @@ from torch import nn
 from llmsculpt.errors import SculptError
 from llmsculpt.measure.checkpointing import checkpointed_layers
 from llmsculpt.measure.hooks import Replay, input_hessians, layer_io_hooks
-from llmsculpt.measure.local import Measurements, batch_size, deliverer, scored_parameters, split_share
+from llmsculpt.measure.local import Measurements, _scored, batch_size, deliverer, scored_parameters, split_share
 from llmsculpt.measure.needs import Needs
+
+
+def micro_batch_for(n_samples: int, seq_len: int, world: int) -> int:
+    """Calibration samples per pass and process when the caller does not say: each process's whole
+    share in one pass, up to the local engine's ``GRAD_TOKENS`` tokens (a second pass would gather
+    the root unit again while the first pass's gradients are held)."""
+    from llmsculpt.measure.local import GRAD_TOKENS
+
+    return max(1, min(math.ceil(n_samples / world), GRAD_TOKENS // seq_len))
 
 
 def _full(grad: torch.Tensor) -> torch.Tensor:
@@ -60,11 +76,26 @@ def _chunk_rows(rows: int, world: int, rank: int) -> int:
     return max(0, min(chunk, rows - rank * chunk))
 
 
+@contextmanager
+def _only_scored_grads(net: nn.Module, scored: dict) -> Iterator[None]:
+    """Within the block only ``net``'s parameters named in ``scored`` require gradients (the flags
+    are restored after; a training run trains all of them)."""
+    params = {n.removeprefix("module."): p for n, p in net.named_parameters()}
+    flags = {n: p.requires_grad for n, p in params.items()}
+    for n, p in params.items():
+        p.requires_grad_(flags[n] and n in scored)
+    try:
+        yield
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+
+
 class ShardedEngine:
     """Measures through ``net`` on every process of ``procs`` (run.processes.Processes, duck-typed:
     rank, world, device, is_main, sharded, wrap, share, sum_over_processes, mean, sync)."""
 
-    def __init__(self, procs, net: nn.Module, *, micro_batch: int = 4, resident: nn.Module | None = None) -> None:
+    def __init__(self, procs, net: nn.Module, *, micro_batch: int | None = None, resident: nn.Module | None = None) -> None:
         """``resident``: the plain model is a meta skeleton on every process (this one, as given) and
         ``net``'s shards are the only weights (run/shards.py): ``applied`` then reshards ``net`` with
         the agreed plan instead of re-wrapping a whole host copy."""
@@ -114,6 +145,7 @@ class ShardedEngine:
 
         self._net = reshard(self._net, self.skeleton, self._agreed, model, self.procs.device)
         self.skeleton = copy.deepcopy(model)
+        gc.collect()  # FSDP2's modules and their hooks refer to each other: the old net goes only this way
         trim_heap()
 
     # ---- passes ---------------------------------------------------------------------------
@@ -171,6 +203,9 @@ class ShardedEngine:
         if unsupported:
             raise SculptError(f"sharded Adapt-Pruner measures gradients only; the metric also needs "
                               f"{', '.join(unsupported)}: use taylor/magnitude, or run without --fsdp")
+        from llmsculpt.eval.chunked_loss import causal_lm_loss
+        from llmsculpt.run.shards import through_forward
+
         procs, net = self.procs, self.net
         total = batch_size(batch)
         out = Measurements(samples=total)
@@ -178,12 +213,15 @@ class ShardedEngine:
             return out
         mine = batch[procs.rank :: procs.world].to(procs.device)
         # every process runs the same number of passes (each is a collective); spare ones weigh nothing
-        rounds = math.ceil(math.ceil(total / procs.world) / self.micro_batch)
-        chunks = list(torch.split(mine, self.micro_batch)) if len(mine) else []
+        micro = self.micro_batch or micro_batch_for(total, batch.shape[1], procs.world)
+        rounds = math.ceil(math.ceil(total / procs.world) / micro)
+        chunks = list(torch.split(mine, micro)) if len(mine) else []
         loss_sum = torch.zeros(1, dtype=torch.float64)
         net.zero_grad(set_to_none=True)
         replay = Replay()
         with ExitStack() as stack:
+            if needs.grad:  # as the local engine: only the scored parameters get gradients (no embedding's)
+                stack.enter_context(_only_scored_grads(net, _scored(model, needs, reducer)))
             imp = stack.enter_context(layer_io_hooks(self._watched(model), distance=needs.layer_change, replay=replay)) \
                 if needs.layer_change else None
             stack.enter_context(checkpointed_layers(self._watched(model), replay, enabled=needs.grad))
@@ -193,7 +231,7 @@ class ShardedEngine:
                 ids = chunks[k] if real else batch[:1].to(procs.device)
                 if not real and imp is not None:
                     hooks_off = imp.sums.clone(), imp.counts.clone()
-                loss = net(input_ids=ids, labels=ids, use_cache=False).loss
+                loss = through_forward(net, causal_lm_loss, ids)  # the local engine's chunked loss
                 if real:
                     loss_sum += loss.item() * ids.shape[0]
                 elif imp is not None:

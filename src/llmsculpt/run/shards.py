@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
 
@@ -72,36 +71,54 @@ def _fill(p, rows: torch.Tensor) -> None:
         local.copy_(rows)
 
 
+STORED = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+
+
+def read_rows(path: Path, start: int, entry: dict, rows: slice) -> torch.Tensor:
+    """Rows ``rows`` (dim 0) of a tensor of a safetensors file, read as just those bytes: the data is
+    row-major, so the rows are one contiguous range (safetensors' own slicing read the whole file's
+    pages here: every process would have held the whole model for a moment)."""
+    dtype = STORED.get(entry["dtype"])
+    if dtype is None:
+        raise SculptError(f"{path}: tensors stored as {entry['dtype']} cannot be read as shards")
+    shape = list(entry["shape"])
+    row_bytes = math.prod(shape[1:]) * torch.empty((), dtype=dtype).element_size()
+    begin = start + entry["data_offsets"][0] + rows.start * row_bytes
+    count = (rows.stop - rows.start) * row_bytes
+    with open(path, "rb") as f:
+        f.seek(begin)
+        data = bytearray(f.read(count))
+    if len(data) != count:
+        raise SculptError(f"{path} ends inside a tensor: is the file complete?")
+    out = torch.frombuffer(data, dtype=dtype) if count else torch.empty(0, dtype=dtype)
+    return out.reshape([rows.stop - rows.start, *shape[1:]])
+
+
 def load_shards(directory: str | Path, *, dtype: torch.dtype, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """(skeleton, sharded net) of the safetensors checkpoint ``directory``, in ``dtype``; each process
-    reads only its rows of every tensor (memory-mapped), so none ever holds the whole model. Collective
-    only in building the FSDP units (every process calls it)."""
-    from safetensors import safe_open
-
+    reads only its rows of every tensor, so none ever holds the whole model. Collective only in
+    building the FSDP units (every process calls it)."""
     from llmsculpt.io.headers import safetensors_entries
     from llmsculpt.models.meta import check_weight_shapes, meta_model
     from llmsculpt.models.placement import fp32_rotary
     from llmsculpt.models.residency import weight_files
 
     files = weight_files(directory)
+    headers = {path: safetensors_entries(path) for path in set(files.values())}
     model = meta_model(directory).to(dtype)
-    shapes = {}
-    for path in set(files.values()):
-        shapes.update({n: tuple(e["shape"]) for n, e in safetensors_entries(path)[1].items()})
-    check_weight_shapes(model, shapes, where=str(directory))
+    check_weight_shapes(model, {n: tuple(e["shape"]) for _, entries in headers.values() for n, e in entries.items()},
+                        where=str(directory))
     fp32_rotary(model, "cpu")
     model.config.dtype = dtype
     model.eval()
     net = empty_copy(model, device)
-    with ExitStack() as stack:
-        opened = {path: stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
-                  for path in set(files.values())}
-        for name, p in net.named_parameters():  # a tied lm_head is the embedding: listed once
-            if name not in files:
-                raise SculptError(f"{directory}: tensor {name!r} is missing from the safetensors files")
-            rows = local_rows(p)
-            part = opened[files[name]].get_slice(name)[rows.start : rows.stop]
-            _fill(p, part.to(device=p.device, dtype=dtype))
+    for name, p in net.named_parameters():  # a tied lm_head is the embedding: listed once
+        if name not in files:
+            raise SculptError(f"{directory}: tensor {name!r} is missing from the safetensors files")
+        start, entries = headers[files[name]]
+        part = read_rows(files[name], start, entries[name], local_rows(p))
+        _fill(p, part.to(device=p.device, dtype=dtype))
+        del part
     return model, net
 
 
@@ -181,7 +198,16 @@ def reshard(net: nn.Module, skeleton: nn.Module, plan, pruned: nn.Module, device
         del work
     if filled != targets.keys():
         raise SculptError(f"internal: resharding left {sorted(targets.keys() - filled)[:3]} unfilled")
+    _release(old)
     return new
+
+
+def _release(params: dict[str, torch.Tensor]) -> None:
+    """Free the storage of a replaced net's shards now: FSDP2's state keeps the net reachable until a
+    later forward of another root (measured: one step's old net alive beside the new one)."""
+    for p in params.values():
+        p.grad = None
+        p.to_local().untyped_storage().resize_(0)
 
 
 def full_units(net: nn.Module, model: nn.Module, *, keep: bool) -> Iterator[dict[str, torch.Tensor]]:
@@ -196,8 +222,20 @@ def full_units(net: nn.Module, model: nn.Module, *, keep: bool) -> Iterator[dict
         del whole
 
 
+def through_forward(net: nn.Module, fn, ids: torch.Tensor) -> torch.Tensor:
+    """``fn(net, ids)`` run as ``net``'s forward, so that the hooks FSDP2 registered on ``net`` fire
+    around it (they gather the root unit: embedding, final norm, lm_head) while ``fn`` calls the
+    decoder and the head apart, as the chunked losses of eval/chunked_loss.py do: never a batch ×
+    seq × vocabulary of logits (a 150k vocabulary makes that a GB per 4 × 128 tokens). Collective."""
+    net.forward = lambda *args, **kwargs: fn(net, ids)  # an instance attribute, over the class's forward
+    try:
+        return net(ids)
+    finally:
+        del net.forward
+
+
 def nll_through(net: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Σ −log p of the batch's next tokens through ``net``'s own forward (FSDP2 gathers each unit as
-    it runs; the decoder and head cannot be called apart, as eval/chunked_loss.py does). Collective."""
-    loss = net(input_ids=ids, labels=ids, use_cache=False).loss
-    return loss.float() * ids.shape[0] * (ids.shape[1] - 1)
+    """Σ −log p of the batch's next tokens through the sharded ``net`` (perplexity's ``nll``). Collective."""
+    from llmsculpt.eval.chunked_loss import nll_sum
+
+    return through_forward(net, nll_sum, ids)
