@@ -45,9 +45,9 @@ def _checkpoint(family: str, where: Path) -> Path:
     return where
 
 
-def _single(directory: Path, out: Path):
+def _single(directory: Path, out: Path, **fields):
     return llmsculpt.prune(str(directory), method="adaptive", ratio=0.3, n_samples=6, seq_len=32, out=out,
-                           eval_text=TEXT, eval_windows=8)
+                           eval_text=TEXT, eval_windows=8, **fields)
 
 
 def _same_model(a: Path, b: Path) -> None:
@@ -99,7 +99,7 @@ def test_shards_load_gather_and_apply_a_plan_exactly_on_every_family(launched):
 def test_a_launched_prune_assembles_nothing_whole_and_equals_one_process(launched, tmp_path):
     """No whole gradient, no host copy (the script makes either raise), plain models meta throughout;
     the same plan, weights and perplexities as one process."""
-    single = _single(launched / "ckpt", tmp_path / "single")
+    single = _single(launched / "ckpt", tmp_path / "single", hidden=0.25)  # the embedding's scores sharded too
     _same_model(launched / "pruned", tmp_path / "single")
     reported = json.loads((launched / "pruned.json").read_text())
     assert reported["processes"] == 3

@@ -5,7 +5,7 @@ process), the shard-resident model (run/shards.py): loaded as shards (each proce
 gathered back, pruned by ``reshard`` with a plan that drops a layer, cuts a K/V group, half an MLP and
 hidden channels and adds a bias update, and scored for perplexity through the sharded forward; the
 main process saves the gathered tensors and the numbers to OUT/shards.pt. Then ``llmsculpt.prune``
-of the checkpoint directory CKPT, launched (api/_sharded.py), with every way of assembling a whole
+of the checkpoint directory CKPT with hidden channels, launched (api/_sharded.py), with every way of assembling a whole
 gradient or a whole host copy disabled (a call raises); every process checks that its plain model
 stayed a meta skeleton, and the main process saves the pruned model to OUT/pruned and its report
 to OUT/pruned.json."""
@@ -64,7 +64,7 @@ def refuse(*args, **kwargs):
 
 sharded._full = refuse  # whole gradients (measure/sharded.py gathers them only through this)
 fsdp.gather_grads = fsdp.gather_weights = fsdp.shard = refuse  # the host-copy plumbing of training runs
-outcome = llmsculpt.prune(ckpt, method="adaptive", ratio=0.3, n_samples=6, seq_len=32, out=out / "pruned",
+outcome = llmsculpt.prune(ckpt, method="adaptive", ratio=0.3, hidden=0.25, n_samples=6, seq_len=32, out=out / "pruned",
                           eval_text="the quick brown fox jumps over the lazy dog. " * 40, eval_windows=8)
 assert all(p.is_meta for p in outcome.model.parameters()), "a process holds weights outside its shards"
 if outcome.main:
