@@ -18,7 +18,9 @@ middle layers by a −cos ordering that is stable across seeds and texts but doe
 euclidean | manhattan), ``resample`` (new calibration samples each step). Defaults (a = 1, T = 5,
 max, cumulative) from bench/sweep_adaptive.py: 0.45× iterative uniform's perplexity at 40 %, 0.54× at
 50 % (0.69× with calibration seed 1; a = 0.5: 0.48× / 0.69× there but 0.58× at 40 %); on a second
-text 0.45× and 0.25×.
+text 0.45× and 0.25×. At 50 % one run's ratio is only good to about ±0.2 (a re-run at one thread:
+0.36×, and 0.44× on the second text). More calibration helps iterative uniform more than adaptive:
+at 50 % 32×128 gives 0.55× / 1.28× (seeds 0 / 1), the paper's 512×64 0.63× at 20× the time.
 A = 0 is iterative uniform; A = 0 with T = 1 is exactly the uniform
 method (with the same ``split``). Unless ``split`` is set, a layer's sparsity is met by ranking
 K/V groups and MLP channels together by Taylor importance per parameter ("importance" split);
