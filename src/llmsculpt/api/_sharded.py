@@ -119,8 +119,7 @@ def _ppl(net, tokenizer, text: str, seq_len: int, windows: int | None) -> float:
     from llmsculpt.eval.perplexity import perplexity
     from llmsculpt.run.shards import nll_through
 
-    # one window per pass: the forward's whole logits exist at once
-    return perplexity(net, tokenizer, text, seq_len=seq_len, max_windows=windows, batch_size=1, nll=nll_through).ppl
+    return perplexity(net, tokenizer, text, seq_len=seq_len, max_windows=windows, nll=nll_through).ppl  # chunked logits
 
 
 def _write(units, model, tokenizer, directory: Path) -> dict:
