@@ -15,7 +15,6 @@ layer instead (``--layer-by-layer``, one process).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -45,14 +44,16 @@ def check_sharded(cfg: PruneConfig) -> None:
 
 
 def checkpoint_directory(name) -> Path:
-    from llmsculpt.models.loading import resolve_source
+    """The safetensors checkpoint directory ``name`` names (as the layer-by-layer prune finds it), or a
+    one-line refusal."""
+    from llmsculpt.api._layerwise import streams_from_files
 
-    kind, where = resolve_source(name)
-    if kind != "dir" or not any(Path(where).glob("*.safetensors")):
+    directory = streams_from_files(name)
+    if directory is None:
         raise SculptError(f"a prune on several processes reads a safetensors checkpoint directory, one shard of "
                           f"each tensor per process; {name} is not one (save it with sculpt prune --ratio 0 "
                           "or transformers' save_pretrained first)")
-    return Path(where)
+    return directory
 
 
 def prune_sharded(cfg: PruneConfig, *, calib_text, out, overwrite: bool, plots: bool, progress: bool,
@@ -60,7 +61,7 @@ def prune_sharded(cfg: PruneConfig, *, calib_text, out, overwrite: bool, plots: 
     """The shard-resident prune (see the module docstring); returns a PruneOutcome whose ``model`` is
     the pruned skeleton (meta device) and whose ``main`` says whether this process reports."""
     from llmsculpt.api._budget import fit_or_refuse
-    from llmsculpt.api.prune import PruneOutcome, _report
+    from llmsculpt.api.prune import PruneOutcome, _report, check_prunable
     from llmsculpt.eval.memory_estimate import working_dtype
     from llmsculpt.measure.sharded import ShardedEngine
     from llmsculpt.methods import PruneContext, prune_model
@@ -79,11 +80,7 @@ def prune_sharded(cfg: PruneConfig, *, calib_text, out, overwrite: bool, plots: 
     tokenizer = _load_tokenizer(str(directory))
     source = architecture(model)
     before = source.param_count()
-    context = getattr(model.config, "max_position_embeddings", None)
-    if context is not None and cfg.data.seq_len > context:
-        raise SculptError(f"seq-len {cfg.data.seq_len} is beyond the model's context of {context} tokens")
-    if before - cfg.removal_target(before) <= source.min_param_count():
-        raise SculptError(f"cannot remove {cfg.removal_target(before):,} of {before:,} parameters: lower the ratio")
+    check_prunable(cfg, model.config, source, before)
     calib = calibration_fn(tokenizer, cfg.data, calib_text)
     calib(cfg.seed)  # fail on bad calibration data before any work
     engine = ShardedEngine(procs, net, resident=model, **({"micro_batch": micro} if micro else {}))
@@ -125,21 +122,12 @@ def _ppl(net, tokenizer, text: str, seq_len: int, windows: int | None) -> float:
 def _write(units, model, tokenizer, directory: Path) -> dict:
     """The gathered units as one safetensors file each, an index over them, then the config and
     tokenizer from the pruned skeleton (as the layer-by-layer save writes them)."""
-    from safetensors.torch import save_file
-
+    from llmsculpt.io.layerwise_save import ShardFiles
     from llmsculpt.io.save import write_model_files
-
     from llmsculpt.models.spec import spec_for
 
-    files = len(spec_for(model).decoder_layers(model)) + 1  # one per decoder layer, one for the root unit
-    weight_map: dict[str, str] = {}
-    names = []
+    shards = ShardFiles(directory, len(spec_for(model).decoder_layers(model)) + 1)  # one per layer, one root unit
     for k, tensors in enumerate(units):
-        name = f"model-{k + 1:05d}-of-{files:05d}.safetensors"
-        save_file({n: t.contiguous() for n, t in tensors.items()}, str(directory / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(tensors, name))
-        names.append(name)
-    total = sum((directory / f).stat().st_size for f in names)
-    (directory / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True))
+        shards.write(k, tensors)
+    shards.write_index()
     return write_model_files(model, tokenizer, directory, weights=False)

@@ -123,17 +123,9 @@ def prune(
                                 dtype=cfg.dtype, n_samples=cfg.data.n_samples, seq_len=cfg.data.seq_len,
                                 budget=cfg.budget, device=device, command="this prune")
     model, tokenizer, loaded_here = model_and_tokenizer(model, tokenizer, cfg, device=device, rewrites=True)
-    context = getattr(model.config, "max_position_embeddings", None)
-    if context is not None and cfg.data.seq_len > context:
-        raise SculptError(f"seq-len {cfg.data.seq_len} is beyond the model's context of {context} tokens")
     calib = _calibration_fn(tokenizer, cfg.data, calib_text)
     before, source = count_params(model), architecture(model)
-    floor = source.min_param_count()
-    if before - cfg.removal_target(before) <= floor:
-        raise SculptError(
-            f"cannot remove {cfg.removal_target(before):,} of {before:,} parameters: structured pruning keeps at least "
-            f"{floor:,} (embeddings plus one head and one MLP channel per layer); lower the ratio or raise the target"
-        )
+    check_prunable(cfg, model.config, source, before)
     calib(cfg.seed)  # fail on bad calibration data before any work
     score = eval_text is not None and not dry_run
     ppl_before = _ppl(model, tokenizer, eval_text, cfg.data.seq_len, eval_windows) if score else None
@@ -167,6 +159,20 @@ def _report(cfg: PruneConfig, source: Architecture, result, *, params_before: in
         "seconds": seconds, "uniform_layers": uniform, "original_architecture": source.to_dict(),
         "history": result.history,
     }
+
+
+def check_prunable(cfg: PruneConfig, config, source: Architecture, before: int) -> None:
+    """Refuse a calibration length beyond the model's context, and a target below what structured
+    pruning keeps (``before``: the parameters now)."""
+    context = getattr(config, "max_position_embeddings", None)
+    if context is not None and cfg.data.seq_len > context:
+        raise SculptError(f"seq-len {cfg.data.seq_len} is beyond the model's context of {context} tokens")
+    floor = source.min_param_count()
+    if before - cfg.removal_target(before) <= floor:
+        raise SculptError(
+            f"cannot remove {cfg.removal_target(before):,} of {before:,} parameters: structured pruning keeps at least "
+            f"{floor:,} (embeddings plus one head and one MLP channel per layer); lower the ratio or raise the target"
+        )
 
 
 def _launched() -> bool:

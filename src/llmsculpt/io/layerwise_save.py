@@ -27,8 +27,6 @@ from llmsculpt.structures.shapes import architecture
 def write_layer_by_layer(model: nn.Module, residency, plan: Plan, tokenizer, directory: Path) -> dict:
     """Write the pruned model into ``directory`` (see the module docstring); returns the architecture
     dict of the pruned model, as :func:`llmsculpt.io.save.write_model_files` does."""
-    from safetensors.torch import save_file
-
     from llmsculpt.io.save import write_model_files
     from llmsculpt.surgery.apply import _drop_layers, prune_layer
 
@@ -37,30 +35,46 @@ def write_layer_by_layer(model: nn.Module, residency, plan: Plan, tokenizer, dir
     updates = _every_layer_biased(plan)
     kept = [lp.index for lp in plan.layers if not lp.drop]
     rest = _non_layer_names(model, spec)
-    files = len(kept) + len(rest)
-    weight_map: dict[str, str] = {}
-
-    def shard(k: int, tensors: dict[str, torch.Tensor]) -> None:
-        name = f"model-{k + 1:05d}-of-{files:05d}.safetensors"
-        save_file({n: t.detach().contiguous().cpu() for n, t in tensors.items()}, str(directory / name),
-                  metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(tensors, name))
-
+    shards = ShardFiles(directory, len(kept) + len(rest))
     for k, i in enumerate(kept):
         with resident(residency, i) as layer:
             prune_layer(spec, layer, plan.layers[i], arch.head_dim, updates.get(i, []))
-            shard(k, {f"{spec.layers}.{k}.{n}": t for n, t in layer.state_dict().items()})
+            shards.write(k, {f"{spec.layers}.{k}.{n}": t for n, t in layer.state_dict().items()})
     for k, name in enumerate(rest, start=len(kept)):
-        file = f"model-{k + 1:05d}-of-{files:05d}.safetensors"
-        if not copy_tensor_bytes(residency.files[name], name, directory / file, dtype=residency.dtype):
-            shard(k, read_tensors(residency.files, [name], device="cpu", dtype=residency.dtype))
-        weight_map[name] = file
+        if copy_tensor_bytes(residency.files[name], name, directory / shards.name(k), dtype=residency.dtype):
+            shards.weight_map[name] = shards.name(k)
+        else:
+            shards.write(k, read_tensors(residency.files, [name], device="cpu", dtype=residency.dtype))
     if any(lp.drop for lp in plan.layers):
         _drop_layers(spec, model, plan)
-    total = sum((directory / f).stat().st_size for f in set(weight_map.values()))
-    (directory / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True))
+    shards.write_index()
     return write_model_files(model, tokenizer, directory, weights=False)
+
+
+class ShardFiles:
+    """The numbered safetensors shards of a checkpoint written piece by piece (``files`` of them:
+    ``model-0000k-of-0000N.safetensors``), and their index."""
+
+    def __init__(self, directory: Path, files: int) -> None:
+        self.directory, self.files = directory, files
+        self.weight_map: dict[str, str] = {}
+
+    def name(self, k: int) -> str:
+        return f"model-{k + 1:05d}-of-{self.files:05d}.safetensors"
+
+    def write(self, k: int, tensors: dict[str, torch.Tensor]) -> None:
+        """``tensors`` as shard ``k`` (on the CPU, contiguous)."""
+        from safetensors.torch import save_file
+
+        save_file({n: t.detach().contiguous().cpu() for n, t in tensors.items()}, str(self.directory / self.name(k)),
+                  metadata={"format": "pt"})
+        self.weight_map.update(dict.fromkeys(tensors, self.name(k)))
+
+    def write_index(self) -> None:
+        """``model.safetensors.index.json`` over the shards written (their total size in its metadata)."""
+        total = sum((self.directory / f).stat().st_size for f in set(self.weight_map.values()))
+        (self.directory / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": self.weight_map}, indent=2, sort_keys=True))
 
 
 COPY_CHUNK = 1 << 26  # bytes per read when a tensor is copied through unchanged

@@ -44,7 +44,7 @@ from torch import nn
 from llmsculpt.errors import SculptError
 from llmsculpt.measure.checkpointing import checkpointed_layers
 from llmsculpt.measure.hooks import Replay, input_hessians, layer_io_hooks
-from llmsculpt.measure.local import Measurements, _scored, batch_size, deliverer, scored_parameters, split_share
+from llmsculpt.measure.local import Measurements, _grads_on, _scored, batch_size, deliverer, scored_parameters, split_share
 from llmsculpt.measure.needs import Needs
 
 
@@ -78,12 +78,12 @@ def _chunk_rows(rows: int, world: int, rank: int) -> int:
 
 @contextmanager
 def _only_scored_grads(net: nn.Module, scored: dict) -> Iterator[None]:
-    """Within the block only ``net``'s parameters named in ``scored`` require gradients (the flags
-    are restored after; a training run trains all of them)."""
+    """Within the block only ``net``'s parameters named in ``scored`` (the plain model's) require
+    gradients, as the local engine's ``_grads_on`` sets them; the flags are restored after (a
+    training run trains all of them)."""
     params = {n.removeprefix("module."): p for n, p in net.named_parameters()}
     flags = {n: p.requires_grad for n, p in params.items()}
-    for n, p in params.items():
-        p.requires_grad_(flags[n] and n in scored)
+    _grads_on(params, {n: params[n] for n in scored if n in params})
     try:
         yield
     finally:
