@@ -30,3 +30,13 @@ def save_load_plan(arch, heterogeneous: bool) -> Plan:
             lp.mlp, lp.heads, lp.kv_heads = list(range(50)), [2, 3], [1]
         plan.hidden = list(range(40))
     return plan
+
+
+def second_plan(arch, *, hidden: int) -> Plan:
+    """A second pruning step on a model ``mixed_plan`` pruned (``arch``): a narrower MLP in layer 0,
+    a K/V group of layer 2, and only the first ``hidden`` hidden channels kept (plan composition)."""
+    p = Plan.keep_all(arch)
+    p.layers[0].mlp = list(range(1, 50))
+    p.layers[2].heads, p.layers[2].kv_heads = [0, 1], [0]
+    p.hidden = list(range(0, hidden))
+    return p

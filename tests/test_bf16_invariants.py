@@ -22,7 +22,6 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 import llmsculpt
@@ -34,7 +33,8 @@ from llmsculpt.surgery import apply_plan
 from llmsculpt.testing import tiny_model, tiny_tokenizer
 from llmsculpt.testing.masking import mask_plan
 
-from _plans import mixed_plan, save_load_plan
+from _files import weight_dtypes
+from _plans import mixed_plan, save_load_plan, second_plan
 from conftest import FAMILIES
 
 BF16 = torch.bfloat16
@@ -157,10 +157,7 @@ def test_plan_composition_in_bf16(family, twice):
     model = bf16_model(family)
     first = mixed_plan(architecture(model), hidden=twice)
     step = apply_plan(copy.deepcopy(model), first)
-    second = Plan.keep_all(architecture(step))
-    second.layers[0].mlp = list(range(1, 50))
-    second.layers[2].heads, second.layers[2].kv_heads = [0, 1], [0]
-    second.hidden = list(range(0, 40))
+    second = second_plan(architecture(step), hidden=40)
     apply_plan(step, second)
     once = apply_plan(copy.deepcopy(model), first.compose(second))
     assert architecture(once) == architecture(step)
@@ -228,15 +225,6 @@ def test_streamed_scores_equal_whole_gradient_scores_in_bf16(hidden, metrics):
 
 
 # ---- save → load, exports ------------------------------------------------------------------------------
-
-
-def weight_dtypes(directory):
-    """The dtypes of the model's safetensors files (not plan.updates.safetensors: the plan's own fp32 values)."""
-    dtypes = set()
-    for f in directory.glob("model*.safetensors"):
-        with safe_open(str(f), "pt") as st:
-            dtypes |= {str(st.get_slice(k).get_dtype()) for k in st.keys()}
-    return dtypes
 
 
 def assert_reloads_exactly(model, out, *, remote):

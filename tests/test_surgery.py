@@ -13,7 +13,7 @@ from llmsculpt.surgery import apply_plan
 from llmsculpt.testing import tiny_model
 from llmsculpt.testing.masking import mask_plan
 
-from _plans import mixed_plan
+from _plans import mixed_plan, second_plan
 from conftest import FAMILIES
 
 X = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -112,10 +112,7 @@ def test_plan_json_round_trip_and_composition(tmp_path):
     assert Plan.load(tmp_path / "p.json").to_dict() == first.to_dict()
     step = copy.deepcopy(model)
     apply_plan(step, first)
-    second = Plan.keep_all(architecture(step))
-    second.layers[0].mlp = list(range(1, 50))
-    second.layers[2].heads, second.layers[2].kv_heads = [0, 1], [0]
-    second.hidden = list(range(0, 60))
+    second = second_plan(architecture(step), hidden=60)
     apply_plan(step, second)
     once = apply_plan(copy.deepcopy(model), first.compose(second))
     assert torch.allclose(once(X).logits, step(X).logits, atol=1e-6)

@@ -14,6 +14,7 @@ from llmsculpt.train.data import IGNORE, load_examples
 from llmsculpt.train.phases import data_shares, phase_targets
 from llmsculpt.train.schedule import cosine, wsd
 
+from _files import stored_dtypes, weight_dtypes
 from _runs import TEXT, accel_case
 
 
@@ -310,16 +311,6 @@ def _bf16(case):
     return (model.to(torch.bfloat16), *rest)
 
 
-def _weight_dtypes(directory):
-    from safetensors import safe_open
-
-    dtypes = set()
-    for f in directory.glob("model*.safetensors"):
-        with safe_open(str(f), "pt") as st:
-            dtypes |= {str(st.get_slice(k).get_dtype()) for k in st.keys()}
-    return dtypes
-
-
 def test_mixed_adamw_keeps_fp32_masters_and_small_updates():
     from llmsculpt.testing import tiny_model
     from llmsculpt.train.mixed import MixedAdamW
@@ -358,22 +349,15 @@ def test_bf16_accel_trains_resumes_exactly_and_saves_bf16(tmp_path, mode):
     assert count_params(full) <= 100_000
     losses = [e["loss"] for e in full_log if e["phase"] == 1]
     assert losses[-1] < losses[0]  # the loss goes down within a phase
-    assert _weight_dtypes(tmp_path / "full" / "last") == {"BF16"}
+    assert weight_dtypes(tmp_path / "full" / "last") == {"BF16"}
     with pytest.raises(Interrupted):
         go("cut", stop_after=len(full_log) - 2)
     if mode == "full":
-        assert "F32" in _weight_dtypes_of(tmp_path / "cut" / "last" / "optimizer.safetensors")  # fp32 masters
+        assert "F32" in stored_dtypes(tmp_path / "cut" / "last" / "optimizer.safetensors")  # fp32 masters
     resumed, _, log = go("cut", resume=True)
     assert [e["loss"] for e in log] == [e["loss"] for e in full_log]
     for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert a.dtype == b.dtype == torch.bfloat16 and torch.equal(a, b), n
-
-
-def _weight_dtypes_of(path):
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as st:
-        return {str(st.get_slice(k).get_dtype()) for k in st.keys()}
 
 
 def test_bf16_carry_slices_the_master_weights(tmp_path):
@@ -431,7 +415,7 @@ def test_bf16_pretrain_prune_trains_resumes_exactly_and_saves_bf16(tmp_path):
 
     full, _, full_log = go("full")
     assert {p.dtype for p in full.parameters()} == {torch.bfloat16} and count_params(full) <= 105_000
-    assert _weight_dtypes(tmp_path / "full" / "last") == {"BF16"}
+    assert weight_dtypes(tmp_path / "full" / "last") == {"BF16"}
     train = [e["loss"] for e in full_log if e["type"] == "train"]
     assert train[-1] < train[0] - 1.0  # learns the repeated text
     _, _, fp32_log = go("fp32", torch.float32)  # and follows the fp32 run (bf16 forward: ~1 % here)
@@ -459,7 +443,7 @@ def test_bf16_finetune_lowers_the_loss_and_saves_bf16(tmp_path, lora):
     assert {p.dtype for p in trained.parameters()} == {torch.bfloat16}
     assert not trained.is_activation_checkpointing and not any("lora" in n for n, _ in trained.named_parameters())
     write_model_files(trained, tiny_tokenizer(), tmp_path)
-    assert _weight_dtypes(tmp_path) == {"BF16"}
+    assert weight_dtypes(tmp_path) == {"BF16"}
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
