@@ -22,21 +22,22 @@ of the previous commit at /tmp/before) for before/after numbers; such a checkout
     nice -n 5 python bench/memory.py --models qwen05b --methods flap,flap:lbl,wanda-sp,wanda-sp:lbl --dtypes bfloat16
     nice -n 5 python bench/memory.py --models qwen05b --methods adaptive:p1,adaptive:p2,adaptive:p4 --dtypes bfloat16
 
-Measured (this machine: 2 CPU cores, 24 GiB, no GPU; 2026-12-01, a helper's sweep on the other core;
-0.5B Qwen2 shape, bf16, adaptive, 2 steps, 10 × 128 calibration, nothing saved; peak = the highest
-process's own peak RSS, which includes its own runtime of ~0.4 GiB):
+Measured (this machine: 2 CPU cores, 24 GiB, no GPU, otherwise quiet; 2026-12-02; 0.5B Qwen2 shape,
+bf16, adaptive, 2 steps, 10 × 128 calibration, nothing saved; peak = the highest process's own peak
+RSS, which includes its own runtime of ~0.4 GiB):
 
 | processes | peak RSS per process | estimate (``--devices N``) | prune s |
 |---|---|---|---|
-| 1 (the ordinary run) | 1.95 GiB | 2.20 GiB (+13 %) | 152 |
-| 2 (shard-resident) | 2.35 GiB | 2.56 GiB (+9 %) | 139 |
-| 4 (shard-resident) | 1.89 GiB | 2.13 GiB (+13 %) | 149 |
+| 1 (the ordinary run) | 1.93 GiB | 1.86 GiB (−4 %) | 66 |
+| 2 (shard-resident) | 1.46 GiB (2026-12-01: 2.35) | 1.56 GiB (+7 %) | 111 |
+| 4 (shard-resident) | 1.25 GiB (2026-12-01: 1.89) | 1.36 GiB (+9 %) | 161 |
 
-Each process's share of the weights halves with N (0.46 → 0.23 GiB), but every process also holds
-what FSDP2 gathers whole during a pass: the root unit (here a tied 151,936 × 896 embedding, 28 % of
-the model's parameters, twice while it is gathered) and two decoder layers, plus its shard of every
-scored gradient until the pass ends. On this small, wide-vocabulary shape those fixed terms outweigh
-the shard at 2 processes; on a Llama-3.1-8B/70B shape the root unit is 6 % / 3 % of the weights.
+What took 2 processes from 2.35 to 1.46 GiB: the root unit (a tied 151,936 × 896 embedding, 28 % of
+this shape's parameters) is replicated instead of sharded, since FSDP2 held it gathered through the
+whole pass anyway (−0.02 GiB alone); a launched process serves allocations from 1 MiB with mmap, since
+its shards are below the 8 MiB threshold and fragmented the heap (−0.7 GiB, process_memory.py); and
+each layer's gradient shards are reduced to scores as soon as FSDP2 has reduce-scattered them, not
+all at the end of the pass (−0.1 GiB here; 18.8 → 5.4 GB per GPU for Llama-3.1-70B over 8).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def qwen05b_dir(cache: Path) -> Path:
 
 CHILD = """import json, sys, tempfile, llmsculpt
 try:  # what `sculpt prune` does: an 8 MiB mmap threshold, a bounded oneDNN kernel cache (older trees: neither)
-    from llmsculpt.cli.main import tune_process_memory
+    from llmsculpt.process_memory import tune_process_memory
     tune_process_memory()
 except ImportError:
     pass
@@ -97,14 +98,15 @@ print(json.dumps({"params_before": r["params_before"], "seconds": r["seconds"], 
 """
 
 LAUNCHED = """import json, os, resource, sys, llmsculpt
-from llmsculpt.cli.main import tune_process_memory
+from llmsculpt.process_memory import tune_process_memory
 tune_process_memory()
 model, method, dtype, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 kw = {"options": {"steps": steps}} if method == "adaptive" else {}
 r = llmsculpt.prune(model, method=method, ratio=0.25, dtype=dtype, **kw).report
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB: this process's own peak
-print(json.dumps({"rank": int(os.environ.get("RANK", 0)), "peak_kb": peak, "params_before": r["params_before"],
-                  "seconds": r["seconds"]}), flush=True)
+rank = int(os.environ.get("RANK", 0))
+with open(os.path.join(sys.argv[5], f"rank{rank}.json"), "w") as f:  # one file each: printed lines interleave
+    json.dump({"rank": rank, "peak_kb": peak, "params_before": r["params_before"], "seconds": r["seconds"]}, f)
 """
 
 ACCEL_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "lee_news.txt"
@@ -124,16 +126,17 @@ def run_launched(model: str, method: str, dtype: str, *, steps: int, processes: 
     run): the highest of the processes' own peak RSS, and the main process's."""
     import tempfile
 
-    script = Path(tempfile.mkdtemp()) / "launched.py"
+    work = Path(tempfile.mkdtemp())
+    script = work / "launched.py"
     script.write_text(LAUNCHED)
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // processes)))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(processes), str(script), model, method, dtype, str(steps)],
+                           str(processes), str(script), model, method, dtype, str(steps), str(work)],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         own = [ln for ln in proc.stderr.splitlines() if "Error" in ln]
         return {"error": own[-1] if own else f"rc {proc.returncode}"}
-    ranks = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    ranks = [json.loads(f.read_text()) for f in sorted(work.glob("rank*.json"))]
     peak = max(r["peak_kb"] for r in ranks) * 1024
     params = ranks[0]["params_before"]
     return {"peak_rss_bytes": peak, "params": params, "bytes_per_param": peak / params,

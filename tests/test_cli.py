@@ -124,7 +124,7 @@ def test_eval_rejects_bad_seq_len_and_missing_text(tmp_path, calib, capsys):
 
 
 def test_cli_returns_large_blocks_unless_the_user_chose(monkeypatch):
-    from llmsculpt.cli.main import return_large_blocks_to_the_system
+    from llmsculpt.process_memory import return_large_blocks_to_the_system
 
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert return_large_blocks_to_the_system() is False  # the user's setting wins
@@ -132,3 +132,12 @@ def test_cli_returns_large_blocks_unless_the_user_chose(monkeypatch):
     import sys
 
     assert return_large_blocks_to_the_system() is sys.platform.startswith("linux")
+
+
+def test_a_launched_process_returns_smaller_blocks(monkeypatch):
+    from llmsculpt.process_memory import mmap_threshold
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert mmap_threshold() == 8 << 20
+    monkeypatch.setenv("WORLD_SIZE", "2")  # shards are 1/N of each tensor: below 8 MiB
+    assert mmap_threshold() == 1 << 20

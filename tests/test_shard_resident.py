@@ -106,6 +106,8 @@ def test_a_launched_prune_assembles_nothing_whole_and_equals_one_process(launche
     assert reported["params_after"] == single.report["params_after"]
     assert reported["ppl_before"] == pytest.approx(single.report["ppl_before"], rel=1e-5)
     assert reported["ppl_after"] == pytest.approx(single.report["ppl_after"], rel=1e-5)
+    n_layers = AutoModelForCausalLM.from_pretrained(launched / "ckpt").config.num_hidden_layers
+    assert reported["reductions"] > 0 and reported["layers_held"] == 1 < n_layers  # each layer reduced as it came
 
 
 def test_sculpt_prune_launches_with_the_command_line_of_one_process(tmp_path):
@@ -118,6 +120,20 @@ def test_sculpt_prune_launches_with_the_command_line_of_one_process(tmp_path):
     _single(ckpt, tmp_path / "one")  # the same recipe in one process
     _same_model(tmp_path / "launched", tmp_path / "one")
     assert json.loads((tmp_path / "launched" / "sculpt_report.json").read_text())["processes"] == 2
+
+
+@pytest.mark.slow
+def test_the_default_model_gguf_launched_on_two_processes_gives_the_one_process_plan(tmp_path):
+    """The default model is a GGUF file: the launched prune reads its converted copy (written once by the
+    main process). In fp32 the plan equals one process's; in bf16 the processes' gradients are summed
+    after rounding, so near-ties may fall the other way (measured: 1 % of the kept channels)."""
+    args = ["prune", "--model", "smollm2-135m", "--method", "adaptive", "--ratio", "0.2", "--dtype", "float32",
+            "--option", "steps=1", "--n-samples", "4", "--no-eval", "--no-plots"]
+    _launch(2, "-m", "llmsculpt.cli.main", *args, "--out", str(tmp_path / "launched"))
+    subprocess.run([sys.executable, "-m", "llmsculpt.cli.main", *args, "--out", str(tmp_path / "one")], check=True,
+                   capture_output=True)
+    plan = lambda d: {k: v for k, v in json.loads((d / "plan.json").read_text()).items() if k != "meta"}  # noqa: E731
+    assert plan(tmp_path / "launched") == plan(tmp_path / "one")
 
 
 @pytest.mark.parametrize("fields, why", [
@@ -133,9 +149,10 @@ def test_what_shards_cannot_do_is_refused_before_loading(fields, why):
 def test_a_launched_prune_needs_a_safetensors_directory(tmp_path):
     tiny_model("tiny-llama").config.save_pretrained(tmp_path / "config-only")  # a shape, no weights
     for name in ("tiny-llama", str(tmp_path / "config-only")):
-        with pytest.raises(SculptError, match="safetensors checkpoint directory"):
+        with pytest.raises(SculptError, match="safetensors checkpoint directory or a GGUF file"):
             checkpoint_directory(name)
     assert checkpoint_directory(_checkpoint("tiny-llama", tmp_path / "ok")) == tmp_path / "ok"
+    assert checkpoint_directory("smollm2-135m") is None  # a GGUF: read through its converted copy
 
 
 def test_a_launched_prune_of_a_model_object_or_a_dry_run_is_refused(monkeypatch):
@@ -158,4 +175,7 @@ def test_a_launched_prunes_budget_and_estimate_are_per_process(tmp_path):
     assert fit_or_refuse(str(ckpt), budget="64GB", devices=2, **kw) == micro_batch_for(10, 32, 2) == 5
     peaks = [estimate(str(ckpt), method="adaptive", devices=d).breakdown for d in (1, 2, 4)]
     assert "gathered" not in peaks[0] and peaks[1]["gathered"] == peaks[2]["gathered"] > 0  # FSDP2's whole units
-    assert peaks[0]["weights"] == 2 * peaks[1]["weights"] == 4 * peaks[2]["weights"]
+    arch = architecture(tiny_model("tiny-llama"))
+    item = peaks[0]["weights"] // arch.param_count()
+    root = (2 * arch.vocab * arch.hidden + arch.hidden) * item  # replicated: the untied embedding and lm_head, final norm
+    assert peaks[0]["weights"] - root == 2 * (peaks[1]["weights"] - root) == 4 * (peaks[2]["weights"] - root)

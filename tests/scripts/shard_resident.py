@@ -8,7 +8,8 @@ main process saves the gathered tensors and the numbers to OUT/shards.pt. Then `
 of the checkpoint directory CKPT with hidden channels, launched (api/_sharded.py), with every way of assembling a whole
 gradient or a whole host copy disabled (a call raises); every process checks that its plain model
 stayed a meta skeleton, and the main process saves the pruned model to OUT/pruned and its report
-to OUT/pruned.json."""
+to OUT/pruned.json, with the most decoder layers whose gradient shards were alive at once (the
+engine reduces each layer's as soon as FSDP2 has reduce-scattered it)."""
 
 import copy
 import json
@@ -63,11 +64,23 @@ def refuse(*args, **kwargs):
 
 
 sharded._full = refuse  # whole gradients (measure/sharded.py gathers them only through this)
+held = []  # at every reduction: the decoder layers whose gradient shards are alive then
+reduce_shard = sharded.ShardedEngine._reduce_shard
+
+
+def watched_reduce(self, name, p, reducer, out):
+    held.append(len({n.split(".")[2] for n, q in self.net.named_parameters()
+                     if n.startswith("model.layers.") and q.grad is not None and hasattr(q.grad, "to_local")}))
+    return reduce_shard(self, name, p, reducer, out)
+
+
+sharded.ShardedEngine._reduce_shard = watched_reduce
 fsdp.gather_grads = fsdp.gather_weights = fsdp.shard = refuse  # the host-copy plumbing of training runs
 outcome = llmsculpt.prune(ckpt, method="adaptive", ratio=0.3, hidden=0.25, n_samples=6, seq_len=32, out=out / "pruned",
                           eval_text="the quick brown fox jumps over the lazy dog. " * 40, eval_windows=8)
 assert all(p.is_meta for p in outcome.model.parameters()), "a process holds weights outside its shards"
 if outcome.main:
     (out / "pruned.json").write_text(json.dumps({k: outcome.report[k] for k in
-                                                 ("processes", "ppl_before", "ppl_after", "params_after")}))
+                                                 ("processes", "ppl_before", "ppl_after", "params_after")}
+                                                | {"layers_held": max(held), "reductions": len(held)}))
 dist.destroy_process_group()

@@ -1,8 +1,8 @@
 """``prune`` launched on several processes (torchrun / accelerate launch, the same command line as
 one process): the model lives only as FSDP2 shards (run/shards.py), so no process ever holds it whole.
 
-Every process reads its rows of each tensor from the safetensors checkpoint and builds the same
-meta-device skeleton; the planner runs in lockstep on every process, its measuring passes through
+Every process reads its rows of each tensor from the safetensors checkpoint (a GGUF file's converted
+copy in the cache) and builds the same meta-device skeleton; the planner runs in lockstep on every process, its measuring passes through
 the sharded model (measure/sharded.py), each gradient reduced to group scores where its shard lives;
 the main process decides, every process applies the plan to its own shards. Perplexity runs through
 the shards on every process (each computes the same number; on GPUs in parallel). The main process
@@ -43,16 +43,34 @@ def check_sharded(cfg: PruneConfig) -> None:
         raise SculptError("--layer-by-layer runs in one process; launch it without torchrun")
 
 
-def checkpoint_directory(name) -> Path:
-    """The safetensors checkpoint directory ``name`` names (as the layer-by-layer prune finds it), or a
-    one-line refusal."""
+def checkpoint_directory(name) -> Path | None:
+    """The safetensors checkpoint directory ``name`` names (as the layer-by-layer prune finds it), None
+    for a GGUF file (the default model is one: :func:`converted_gguf`), or a one-line refusal."""
     from llmsculpt.api._layerwise import streams_from_files
+    from llmsculpt.models.loading import resolve_source
 
     directory = streams_from_files(name)
+    if directory is None and not isinstance(name, torch.nn.Module) and resolve_source(name)[0] == "gguf":
+        return None
     if directory is None:
-        raise SculptError(f"a prune on several processes reads a safetensors checkpoint directory, one shard of "
-                          f"each tensor per process; {name} is not one (save it with sculpt prune --ratio 0 "
-                          "or transformers' save_pretrained first)")
+        raise SculptError(f"a prune on several processes reads a safetensors checkpoint directory or a GGUF file, "
+                          f"one shard of each tensor per process; {name} is neither (save it with sculpt prune "
+                          "--ratio 0 or transformers' save_pretrained first)")
+    return directory
+
+
+def converted_gguf(name, procs) -> Path:
+    """The GGUF file ``name``'s converted copy in the cache (models/loading.py), written once by the
+    main process while the others wait, so only one process ever holds the converted model whole.
+    Collective."""
+    from llmsculpt.models.loading import _convert_gguf_cached, resolve_source
+
+    where = Path(resolve_source(name)[1])
+    if not procs.is_main:
+        procs.barrier()  # the main process converts first
+    directory = _convert_gguf_cached(where)
+    if procs.is_main:
+        procs.barrier()
     return directory
 
 
@@ -71,12 +89,15 @@ def prune_sharded(cfg: PruneConfig, *, calib_text, out, overwrite: bool, plots: 
     from llmsculpt.structures.shapes import architecture
 
     check_sharded(cfg)
-    directory = checkpoint_directory(cfg.model)
+    directory = checkpoint_directory(cfg.model)  # refusals before the processes meet
     procs = Processes(shard=True)
-    micro = fit_or_refuse(str(directory), method=cfg.method, dtype=cfg.dtype, n_samples=cfg.data.n_samples,
-                          seq_len=cfg.data.seq_len, budget=cfg.budget, device=procs.device, command="this prune",
+    directory = directory or converted_gguf(cfg.model, procs)
+    micro = fit_or_refuse(str(directory), method=cfg.method, dtype=working_dtype(cfg.model, cfg.dtype),
+                          n_samples=cfg.data.n_samples, seq_len=cfg.data.seq_len, budget=cfg.budget,
+                          device=procs.device, command="this prune",
                           devices=procs.world)  # per process, before any weight is read
-    model, net = load_shards(directory, dtype=working_dtype(str(directory), cfg.dtype), device=procs.device)
+    # the dtype as one process would load it ("auto" for a GGUF: bf16, not its converted copy's fp32)
+    model, net = load_shards(directory, dtype=working_dtype(cfg.model, cfg.dtype), device=procs.device)
     tokenizer = _load_tokenizer(str(directory))
     source = architecture(model)
     before = source.param_count()

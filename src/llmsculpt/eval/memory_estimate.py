@@ -3,18 +3,25 @@
 What a pass holds at its peak (see measure/local.py and eval/chunked_loss.py):
 
 - ``runtime``: Python, torch, transformers, tokenizer and calibration text (CPU RSS only; measured
-  with bench/memory.py on tiny models, where it is nearly everything);
-- ``weights``: parameters × bytes of the working dtype, split over ``devices`` when sharded;
+  with bench/memory.py on tiny models, where it is nearly everything). Only ``RUNTIME_PASS_CPU`` of
+  it is resident while a pass runs (the output's writing and the report come after the pass's
+  memory is freed), so a whole-model prune peaks at weights + the larger of the runtime and
+  ``RUNTIME_PASS_CPU`` + the pass;
+- ``weights``: parameters × bytes of the working dtype; over ``devices`` > 1 (a launched prune,
+  run/shards.py) the decoder layers are split over the devices and the root unit (embedding, final
+  norm, lm_head) is replicated;
 - ``gathered`` (sharded over ``devices`` > 1): what FSDP2 gathers whole on every process during a
-  pass: the root unit (embedding, lm_head) and two decoder layers;
+  pass: two decoder layers;
 - ``gradients`` (Taylor methods: adaptive, uniform, sample_aware): streamed to group scores, so about
   one decoder layer's Linear gradients (+ fp32 products) at a time, plus an fp32 accumulator per
-  scored parameter when a micro-batch below the sample count forces several backwards;
+  scored parameter when a micro-batch below the sample count forces several backwards; sharded,
+  each process's shard of every scored gradient until the pass ends;
 - ``activations``: what autograd keeps for one micro-batch: the gradient passes checkpoint the
   decoder layers (each layer's input, plus one layer's full set while it is recomputed; eager
   attention keeps heads × seq probabilities per token); forward-only methods keep one layer's;
 - ``logits``: one chunk of ``CHUNK_ELEMENTS`` logits in the dtype, upcast to fp32, and its
-  log-softmax (never batch × seq × vocabulary);
+  log-softmax (never batch × seq × vocabulary); gone before the backward builds up its gradients,
+  so a pass holds the larger of the two (plus the accumulators of earlier backwards);
 - for a training run (accel, pretrain-prune: :class:`Training`): gradients and AdamW moments of every
   parameter, a whole batch's activations, a teacher copy when distilling.
 
@@ -36,6 +43,11 @@ import torch
 from llmsculpt.errors import SculptError
 
 RUNTIME_CPU = 750 * 2**20  # measured: a tiny-model prune peaks at 0.69–0.89 GB RSS on this CPU
+# ... of which this much is resident while a measuring pass runs (the rest: the output's writing, the
+# report, the plots, after the pass's memory is gone). Measured on the 0.5B Qwen2 shape, bf16 adaptive:
+# 0.38 GiB RSS before the first weight is read, ~0.5 GiB above weights + pass at the peak (1, 2 and 4
+# processes); confirmed on the default model (adaptive, FLAP: within 15 %, see tests/test_estimate.py)
+RUNTIME_PASS_CPU = 480 * 2**20
 FORWARD_MICRO_BATCH = 4  # LocalEngine's samples per forward pass
 GRAD_METHODS = frozenset({"adaptive", "uniform", "sample_aware"})
 FORWARD_METHODS = frozenset({"flap", "wanda-sp", "magnitude", "shortgpt"})
@@ -152,21 +164,45 @@ def _gradient_bytes(arch, scored: int, item: int, devices: int, *, several: bool
     as soon as its last backward produced it, so one backward holds about one layer's gradients (and
     their fp32 products); several backwards (a micro-batch below the sample count) also keep an fp32
     accumulator per scored parameter, so a smaller micro-batch costs more, not less. Sharded over
-    ``devices`` (measure/sharded.py), each process keeps its shard of every scored gradient until the
-    pass ends, and one layer's whole gradient while FSDP2 reduce-scatters it."""
+    ``devices`` (measure/sharded.py), one layer's whole gradient while FSDP2 reduce-scatters it and its
+    shard until the next layer's recomputation reduces it (a pass of one backward; the engine's own
+    micro-batch takes each process's share at once)."""
+    held, built = _gradient_parts(arch, scored, item, devices, several=several)
+    return held + built
+
+
+def _gradient_parts(arch, scored: int, item: int, devices: int, *, several: bool) -> tuple[int, int]:
+    """(held from earlier backwards: the fp32 accumulators; built up during the backward), the two
+    parts of :func:`_gradient_bytes`. What a backward builds up starts after the loss's logits chunk
+    is gone (the head's backward comes first), so the pass holds the larger of the two, not both
+    (measured on the 0.5B Qwen2 shape, bf16 adaptive, 2 and 4 processes: the sum predicted +38 %).
+    Sharded, several backwards keep every shard's gradient (FSDP2 accumulates it) until the last."""
     largest = max(_layer_scored(arch, ls) for ls in arch.layers)
     if devices > 1:
-        return scored * item // devices + largest * item
-    return largest * (item + 4) + (scored * 4 if several else 0)
+        return (scored * item // devices if several else 0), largest * (item + 4) + largest * item // devices
+    return (scored * 4 if several else 0), largest * (item + 4)
+
+
+def _root_params(arch) -> int:
+    """The root unit's parameters: the embedding, an untied lm_head and the final norm."""
+    return arch.vocab * arch.hidden * (1 if arch.tied else 2) + arch.hidden
 
 
 def _gathered_bytes(arch, item: int) -> int:
-    """What a sharded pass holds whole on every process (FSDP2): the root unit (embedding, an untied
-    lm_head, the final norm) for the whole pass and two decoder layers (the running one and the next,
-    prefetched), each twice while it is being gathered (the all-gather buffer and the parameters)."""
-    root = arch.vocab * arch.hidden * (1 if arch.tied else 2) + arch.hidden
+    """What a sharded pass holds whole on every process (FSDP2) besides the replicated root unit:
+    two decoder layers (the running one and the next, prefetched), each twice while it is being
+    gathered (the all-gather buffer and the parameters)."""
     layer = max(arch.layer_params(ls) for ls in arch.layers)
-    return 2 * (root + 2 * layer) * item
+    return 2 * 2 * layer * item
+
+
+def _weight_bytes(arch, params: int, item: int, devices: int) -> int:
+    """Each device's weights: all of them on one; over several the root unit whole and a 1/``devices``
+    share of the decoder layers (run/shards.py)."""
+    if devices == 1:
+        return params * item
+    root = _root_params(arch)
+    return root * item + (params - root) * item // devices
 
 
 def engine_micro_batch(method: str, n_samples: int, seq_len: int) -> int:
@@ -226,17 +262,20 @@ def estimate(
 
         micro = micro_batch_for(n_samples, seq_len, devices)
         tokens = micro * seq_len
+    several = micro < -(-n_samples // devices)  # more than one backward per process
     parts = {
         "runtime": RUNTIME_CPU if torch.device(device).type == "cpu" else 0,
-        "weights": params * item // devices,
-        "gradients": _gradient_bytes(arch, scored, item, devices, several=micro < n_samples) if backward else 0,
+        "weights": _weight_bytes(arch, params, item, devices),
+        "gradients": _gradient_bytes(arch, scored, item, devices, several=several) if backward else 0,
         "activations": _activation_bytes(arch, tokens, seq_len, item, backward=backward),
         "logits_chunk": min(CHUNK_ELEMENTS, tokens * arch.vocab) * (item + 4 + 4) * (2 if backward else 1),
     }
     if devices > 1:
         parts["gathered"] = _gathered_bytes(arch, item)
-    prune_pass = parts["gradients"] + parts["activations"] + parts["logits_chunk"] + parts.get("gathered", 0)
-    peak = parts["runtime"] + parts["weights"] + prune_pass
+    held, built = _gradient_parts(arch, scored, item, devices, several=several) if backward else (0, 0)
+    prune_pass = held + max(built, parts["logits_chunk"]) + parts["activations"] + parts.get("gathered", 0)
+    in_pass = RUNTIME_PASS_CPU if parts["runtime"] else 0
+    peak = parts["weights"] + max(parts["runtime"], in_pass + prune_pass)  # the run's end, or its passes
     if training is not None:
         parts.update(_training_parts(arch, params, item, training, devices))
         train_pass = parts["training_state"] + parts["training_activations"]

@@ -18,7 +18,8 @@ Two kinds of batch (see :class:`llmsculpt.measure.local.LocalEngine`):
 With a ``reducer`` (importance.groups.GroupReducer) under FSDP2 every process reduces the gradient
 of its own shard (its rows of each matrix) to the reducer's vectors, and only those vectors cross
 processes (per-column partial sums all-reduced, per-row values gathered): no whole gradient is ever
-assembled anywhere (``_reduce_shard``). Under DDP the gradients are whole already and the main
+assembled anywhere (``_reduce_shard``); in a pass of one backward each layer's shards are reduced as
+soon as FSDP2 has reduce-scattered them (:class:`_Streaming`), so a process holds about one layer's. Under DDP the gradients are whole already and the main
 process reduces them. Without a reducer whole gradients are gathered into the main process's plain
 copy. Shard-resident (``resident=``, a launched prune: run/shards.py), every process's plain model
 is a meta skeleton, only reduced vectors may cross processes (a whole gradient is refused), the
@@ -62,11 +63,14 @@ def _full(grad: torch.Tensor) -> torch.Tensor:
     return grad.full_tensor() if hasattr(grad, "full_tensor") else grad
 
 
-def _shard_local(p, reducer, name: str) -> bool:
-    """Whether ``p``'s gradient is reduced where it lives: an FSDP2 shard (a DTensor on dim 0) that
-    the reducer turns into vectors (DDP gradients are whole already: the main process reduces them)."""
-    if reducer is None or name not in reducer.names or not hasattr(p.grad, "to_local"):
+def _shard_local(p, reducer, name: str, *, resident: bool) -> bool:
+    """Whether ``p``'s gradient is reduced where it lives: one the reducer turns into vectors that is
+    an FSDP2 shard (a DTensor on dim 0) or, shard-resident, a replicated root parameter's (DDP
+    gradients are whole already: the main process reduces them)."""
+    if reducer is None or name not in reducer.names:
         return False
+    if not hasattr(p.grad, "to_local"):
+        return resident
     return all(pl.is_shard(0) for pl in p.grad.placements)
 
 
@@ -89,6 +93,29 @@ def _only_scored_grads(net: nn.Module, scored: dict) -> Iterator[None]:
     finally:
         for n, p in params.items():
             p.requires_grad_(flags[n])
+
+
+class _Streaming(Replay):
+    """The replay of a pass with one backward that also reduces the decoder layers' gradient shards
+    as soon as they exist: FSDP2 sets a unit's sharded ``.grad`` in its post-backward, and the
+    residual stream reaches layer i only through unit i+1's post-backward node, so whenever a layer's
+    recomputation starts, every shard gradient there is complete. A process then holds about one
+    layer's gradient shards at a time, not all of them until the pass ends (70B over 8 devices:
+    18.8 GB per device). Replicated gradients (the root unit's) still accumulate, so they wait for the
+    end. Collective: every process recomputes the same layers in the same order."""
+
+    def __init__(self, reduce_ready, device) -> None:
+        super().__init__()
+        self.reduce_ready, self.device = reduce_ready, device
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        if self.depth == 0:
+            if self.device is not None and torch.device(self.device).type == "cuda":
+                torch.cuda.synchronize(self.device)  # FSDP2 reduce-scatters on its own stream
+            self.reduce_ready()
+        with super().running():
+            yield
 
 
 class ShardedEngine:
@@ -152,14 +179,21 @@ class ShardedEngine:
     def _watched(self, model: nn.Module) -> nn.Module:
         return self.net if self.procs.sharded else model  # the modules that run (DDP runs model's own)
 
-    def _gather_grads(self, model: nn.Module, needs: Needs, out: Measurements, reducer=None) -> None:
+    def _gather_grads(self, model: nn.Module, needs: Needs, out: Measurements, reducer=None, *,
+                      only_shards: bool = False) -> None:
+        """Every gradient of the pass reduced to scores (or gathered whole, see the module docstring);
+        ``only_shards``: just the FSDP2 shards' gradients that are there now (see :class:`_Streaming`)."""
         scored = scored_parameters(model, needs.grad_params)  # the same parameters as the local engine's
         deliver = deliverer(out, reducer, needs)
         for name, p in self.net.named_parameters():
             name = name.removeprefix("module.")  # DDP's wrapper
-            if p.grad is not None and name in scored and _shard_local(p, reducer, name):
+            if only_shards and not (p.grad is not None and hasattr(p.grad, "to_local")):
+                continue
+            if p.grad is not None and name in scored and _shard_local(p, reducer, name, resident=self.skeleton is not None):
                 self._reduce_shard(name, p, reducer, out)  # only score vectors cross processes
                 p.grad = None
+            elif only_shards:
+                continue
             elif p.grad is not None and name in scored:
                 if self.skeleton is not None:
                     raise SculptError(f"{name}'s gradient would have to be gathered whole; the shard-resident "
@@ -172,15 +206,24 @@ class ShardedEngine:
     def _reduce_shard(self, name: str, p: nn.Parameter, reducer, out: Measurements) -> None:
         """``p``'s gradient reduced to the reducer's vectors where it lives: each process scores its own
         rows (FSDP2 shards dim 0 as ``torch.chunk`` does), per-column sums are added over processes and
-        per-row values concatenated; the deciding process keeps the vectors. Collective."""
+        per-row values concatenated; the deciding process keeps the vectors. A replicated parameter's
+        gradient (the root unit's, shard-resident) is first summed over processes and averaged, as
+        FSDP2 reduces a shard's, and each process then scores the rows it would hold. Collective."""
         import torch.distributed as dist
 
         from llmsculpt.importance.base import TensorStats
         from llmsculpt.importance.groups import along
+        from llmsculpt.run.shards import is_sharded
 
-        grad, weight = p.grad.to_local(), p.to_local()
         rows, world = p.shape[0], self.procs.world
         chunk = math.ceil(rows / world)
+        if is_sharded(p):
+            grad, weight = p.grad.to_local(), p.to_local()
+        else:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+            mine = slice(min(rows, self.procs.rank * chunk), min(rows, (self.procs.rank + 1) * chunk))
+            grad, weight = p.grad[mine], p[mine]
         s = TensorStats(weight=weight.detach().float(), grad=grad.float())
         for metric in reducer.metrics:
             e = metric.element(s)
@@ -218,7 +261,11 @@ class ShardedEngine:
         chunks = list(torch.split(mine, micro)) if len(mine) else []
         loss_sum = torch.zeros(1, dtype=torch.float64)
         net.zero_grad(set_to_none=True)
-        replay = Replay()
+        if needs.grad and reducer is not None and procs.sharded and rounds == 1:
+            replay = _Streaming(lambda: self._gather_grads(model, needs, out, reducer, only_shards=True),
+                                procs.device)
+        else:  # several backwards accumulate into the shards' gradients: reduced once, after the last
+            replay = Replay()
         with ExitStack() as stack:
             if needs.grad:  # as the local engine: only the scored parameters get gradients (no embedding's)
                 stack.enter_context(_only_scored_grads(net, _scored(model, needs, reducer)))

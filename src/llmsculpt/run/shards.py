@@ -1,11 +1,15 @@
 """Shard-resident models: a run on several processes in which no process ever holds the whole model.
 
 The plain model is a meta-device skeleton on *every* process (shapes, the config and the rotary
-tables; no weights), and the weights exist only as FSDP2 shards (each decoder layer one unit, the
-embedding, final norm and lm_head the root unit), 1/N of every tensor per process:
+tables; no weights), and the decoder layers' weights exist only as FSDP2 shards (each layer one unit,
+1/N of every tensor per process). The root unit (embedding, final norm, lm_head) is replicated
+instead: FSDP2 would hold it gathered for the whole pass anyway, so sharding it only added an
+all-gather buffer and a shard to the whole copy (measured on the 0.5B Qwen2 shape, a tied 151k
+embedding of 28 % of the weights: the 2-process peak above the 1-process one). Its few scored
+gradients (hidden-channel pruning) are summed over processes by measure/sharded.py.
 
 - :func:`load_shards` builds the skeleton from ``config.json`` and fills each process's shards
-  straight from the safetensors files, reading only its own rows of each tensor;
+  straight from the safetensors files, reading only its own rows of each layer tensor;
 - :func:`reshard` applies a plan that every process holds: one unit at a time, that unit's
   whole tensors are gathered (collective), the plan is applied to a copy of the skeleton in which
   only that unit is materialised (``surgery.apply_plan`` itself, so the result is the one a single
@@ -36,16 +40,21 @@ from llmsculpt.models.spec import spec_for
 def empty_copy(model: nn.Module, device: torch.device) -> nn.Module:
     """An FSDP2 copy of ``model`` (whose parameters may be on the meta device) with uninitialised
     shards on ``device`` and ``model``'s buffers (the rotary tables) copied in. Each decoder layer
-    is one unit, the rest (embedding, final norm, lm_head) the root unit; tied weights stay tied."""
+    is one sharded unit; the rest (embedding, final norm, lm_head) is the root, whose parameters
+    FSDP2 ignores (replicated: see the module docstring); tied weights stay tied."""
     from torch.distributed.fsdp import fully_shard
 
     memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
             for p in model.parameters()}
     net = copy.deepcopy(model, memo)  # parameters start on meta: no second copy of any weight
-    for layer in spec_for(model).decoder_layers(net):
+    layers = spec_for(model).decoder_layers(net)
+    for layer in layers:
         fully_shard(layer)
-    fully_shard(net)
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    fully_shard(net, ignored_params={p for p in net.parameters() if id(p) not in in_layers})
     net.to_empty(device=device)
+    if getattr(net.config, "tie_word_embeddings", False):  # to_empty gave the replicated lm_head its own tensor
+        net.tie_weights()
     plain = dict(model.named_buffers())
     for name, buffer in net.named_buffers():  # not in the state dict; emptied by to_empty
         if not plain[name].is_meta:
@@ -55,20 +64,37 @@ def empty_copy(model: nn.Module, device: torch.device) -> nn.Module:
 
 def local_rows(p) -> slice:
     """The rows of the full tensor that this process's shard of ``p`` holds (FSDP2 shards dim 0 as
-    ``torch.chunk`` does: the last shards may be short or empty)."""
+    ``torch.chunk`` does: the last shards may be short or empty); all of a replicated one's."""
+    if not is_sharded(p):
+        return slice(0, p.shape[0])
     rows, world = p.shape[0], p.device_mesh.size()
     chunk = math.ceil(rows / world)
     start = min(rows, p.device_mesh.get_local_rank() * chunk)
     return slice(start, min(rows, start + chunk))
 
 
+def is_sharded(p) -> bool:
+    """Whether ``p`` (a parameter or its gradient) is an FSDP2 shard (a DTensor), not replicated."""
+    return hasattr(p, "to_local")
+
+
+def local(p) -> torch.Tensor:
+    """This process's part of ``p``: its shard's rows, or the whole of a replicated tensor."""
+    return p.to_local() if is_sharded(p) else p
+
+
+def whole(p) -> torch.Tensor:
+    """The whole tensor ``p``: a shard's gathered (collective), a replicated one as it is."""
+    return p.full_tensor() if is_sharded(p) else p.detach()
+
+
 def _fill(p, rows: torch.Tensor) -> None:
-    local = p.to_local()
-    if local.shape != rows.shape:
-        raise SculptError(f"internal: a shard of {tuple(p.shape)} holds {tuple(local.shape)}, "
+    local_part = local(p)
+    if local_part.shape != rows.shape:
+        raise SculptError(f"internal: a shard of {tuple(p.shape)} holds {tuple(local_part.shape)}, "
                           f"expected {tuple(rows.shape)}")
     with torch.no_grad():
-        local.copy_(rows)
+        local_part.copy_(rows)
 
 
 STORED = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
@@ -123,8 +149,8 @@ def load_shards(directory: str | Path, *, dtype: torch.dtype, device: torch.devi
 
 
 def resharded(net: nn.Module) -> nn.Module:
-    """``net`` with every unit back in its sharded state (after a forward the root unit stays gathered,
-    and its parameters are then plain tensors without ``full_tensor``)."""
+    """``net`` with every unit back in its sharded state (a unit may stay gathered after a forward
+    or a backward that did not finish, and its parameters are then plain tensors without ``full_tensor``)."""
     from torch.distributed.fsdp import FSDPModule
 
     for module in net.modules():
@@ -182,12 +208,15 @@ def reshard(net: nn.Module, skeleton: nn.Module, plan, pruned: nn.Module, device
     for k, names in enumerate(_units(spec_for(skeleton), list(old), n_layers)):
         if k in untouched:  # same tensors, same shapes, so the same rows here: no gather at all
             for name in names:
-                _fill(targets[name], old[name].to_local().detach())
+                if is_sharded(old[name]):
+                    _fill(targets[name], local(old[name]).detach())
+                else:  # replicated (the root unit): the new net takes the old tensor itself, no copy
+                    targets[name].data = old.pop(name).data
                 filled.add(name)
             continue
-        whole = {n: old[n].full_tensor() for n in names}  # every process takes part in each gather
-        work = apply_plan(_materialised(skeleton, whole), plan)
-        del whole
+        tensors = {n: whole(old[n]) for n in names}  # every process takes part in each gather
+        work = apply_plan(_materialised(skeleton, tensors), plan)
+        del tensors
         for name, t in work.named_parameters():
             if t.is_meta or name in filled:
                 continue
@@ -207,7 +236,7 @@ def _release(params: dict[str, torch.Tensor]) -> None:
     later forward of another root (measured: one step's old net alive beside the new one)."""
     for p in params.values():
         p.grad = None
-        p.to_local().untyped_storage().resize_(0)
+        local(p).untyped_storage().resize_(0)
 
 
 def full_units(net: nn.Module, model: nn.Module, *, keep: bool) -> Iterator[dict[str, torch.Tensor]]:
@@ -217,9 +246,10 @@ def full_units(net: nn.Module, model: nn.Module, *, keep: bool) -> Iterator[dict
     names = list(params)
     n_layers = len(list(spec_for(model).decoder_layers(model)))
     for unit in _units(spec_for(model), names, n_layers):
-        whole = {n: params[n].full_tensor() for n in unit}
-        yield {n: t.cpu() for n, t in whole.items()} if keep else {}
-        del whole
+        tensors = {n: whole(params[n]) for n in unit}
+        # a replicated tensor is the net's own: a copy, which outlives a later reshard's release
+        yield {n: t.cpu() if is_sharded(params[n]) else t.to("cpu", copy=True) for n, t in tensors.items()} if keep else {}
+        del tensors
 
 
 def through_forward(net: nn.Module, fn, ids: torch.Tensor) -> torch.Tensor:
