@@ -6,6 +6,7 @@ mid-phase resumes to the same weights."""
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,70 @@ def test_an_accelerate_fsdp_launch_shards_and_lora_says_why_it_does_not(monkeypa
     model, tok, examples, cfg = accel_case(tmp_path / "data.txt", mode="lora")
     with pytest.raises(SculptError, match="LoRA training is not sharded"):
         run_accel(model, tok, examples, cfg, checkpoint_dir=tmp_path / "ckpt", progress=False)
+
+
+def _tiny_checkpoint(where: Path) -> Path:
+    from llmsculpt.testing.tiny import tiny_model, tiny_tokenizer
+
+    model = tiny_model("tiny-llama")
+    model.save_pretrained(where)
+    tiny_tokenizer(model.config.vocab_size).save_pretrained(where)
+    return where
+
+
+def test_a_sharded_runs_other_processes_build_only_the_skeleton(tmp_path, monkeypatch):
+    """Any process but the main one of a sharded run on a checkpoint directory builds the model on the
+    meta device (its shards are filled from the main process's host copy), in the main one's dtype."""
+    from llmsculpt.api._common import model_and_tokenizer
+    from llmsculpt.config import AccelConfig
+
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+    cfg = AccelConfig.from_flags(model=str(ckpt), ratio=0.2, dtype="bfloat16")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    other, tok, _ = model_and_tokenizer(None, None, cfg, shard=True, rewrites=True)
+    assert all(p.is_meta for p in other.parameters()) and tok is not None
+    unsharded, _, _ = model_and_tokenizer(None, None, cfg, shard=False, rewrites=True)  # DDP: weights everywhere
+    monkeypatch.setenv("RANK", "0")
+    main, _, _ = model_and_tokenizer(None, None, cfg, shard=True, rewrites=True)
+    assert not any(p.is_meta for p in main.parameters()) and not any(p.is_meta for p in unsharded.parameters())
+    assert {n: (p.shape, p.dtype) for n, p in other.named_parameters()} == \
+        {n: (p.shape, p.dtype) for n, p in main.named_parameters()}
+    assert {n: b.dtype for n, b in other.named_buffers()} == {n: b.dtype for n, b in main.named_buffers()}
+
+
+def test_sculpt_accel_fsdp_from_a_directory_equals_one_process(tmp_path):
+    """The command line of a sharded accel run from a checkpoint directory (the other process builds only
+    the skeleton) gives the one-process model."""
+    from llmsculpt.models.loading import load
+
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+    data = tmp_path / "train.txt"
+    data.write_text("the quick brown fox jumps over the lazy dog. pruning removes whole heads. " * 60)
+    args = ["accel", "--model", str(ckpt), "--ratio", "0.3", "--phases", "1", "--prune-steps", "1", "--data", str(data),
+            "--seq-len", "32", "--batch-size", "4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "llmsculpt.cli.main", *args, "--fsdp", "--out", str(tmp_path / "two")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    subprocess.run([sys.executable, "-m", "llmsculpt.cli.main", *args, "--out", str(tmp_path / "one")], env=env,
+                   check=True, capture_output=True)
+    assert (tmp_path / "two" / "plan.json").read_text() == (tmp_path / "one" / "plan.json").read_text()
+    _same(load(tmp_path / "two").model.state_dict(), load(tmp_path / "one").model.state_dict(), atol=1e-5)
+
+
+def test_a_resumed_sharded_runs_other_processes_read_only_the_checkpoints_skeleton(tmp_path):
+    """On resume the processes but the main one take the checkpoint's shapes only: their shards and
+    moments are filled from the main process's (an empty optimiser state says one is coming)."""
+    from llmsculpt.run.checkpoint import load_checkpoint
+
+    model, tok, examples, cfg = accel_case(tmp_path / "data.txt")
+    run_accel(model, tok, examples, cfg, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    config = asdict(cfg)  # what the run stored (run/accel.py)
+    whole, opt, state = load_checkpoint(tmp_path / "ckpt", config, torch.device("cpu"))
+    shapes, no_opt, same = load_checkpoint(tmp_path / "ckpt", config, torch.device("cpu"), weights=False)
+    assert all(p.is_meta for p in shapes.parameters()) and same == state
+    assert {n: (p.shape, p.dtype) for n, p in shapes.named_parameters()} == \
+        {n: (p.shape, p.dtype) for n, p in whole.named_parameters()}
+    assert (no_opt == {}) == (opt is not None)

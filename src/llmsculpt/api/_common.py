@@ -61,12 +61,44 @@ def model_and_tokenizer(model, tokenizer, cfg: Recipe, *, device=None, shard: bo
         return model, tokenizer, False
     from llmsculpt.run.processes import process_device
 
+    if shard and _filled_from_the_main_process(cfg.model):
+        return _skeleton(cfg.model, getattr(cfg, "dtype", "auto")), _tokenizer(cfg.model), True
     loaded = _load(cfg.model, dtype=getattr(cfg, "dtype", "auto"), device=process_device(device, shard=shard))
     if rewrites:
         from llmsculpt.models.residency import own_weights
 
         own_weights(loaded.model)
     return loaded.model, loaded.tokenizer, True
+
+
+def _filled_from_the_main_process(name) -> bool:
+    """Whether this process of a sharded (FSDP) run needs no weights of its own: any process but the
+    main one, on a checkpoint directory. The shards are filled from the main process's host copy
+    (run/fsdp.shard broadcasts it), so each of the others only needs the skeleton: a 70B over 8
+    processes would otherwise load 141 GB on the host 8 times, to drop 7 of them at the first wrap.
+    A GGUF file or a hub id is loaded as usual (its conversion or download happens everywhere)."""
+    from llmsculpt.models.decilm.loader import is_nas_export
+    from llmsculpt.models.loading import resolve_source
+    from llmsculpt.run.processes import is_main_process, world_size_from_env
+
+    if world_size_from_env() == 1 or is_main_process():
+        return False
+    kind, where = resolve_source(name)
+    return kind == "dir" and not is_nas_export(where)
+
+
+def _skeleton(name, dtype) -> nn.Module:
+    """The model ``name`` on the meta device in the dtype the main process loads it in."""
+    from llmsculpt.models.meta import meta_skeleton
+    from llmsculpt.models.placement import source_dtype
+
+    return meta_skeleton(name, source_dtype(name, dtype))
+
+
+def _tokenizer(name):
+    from llmsculpt.models.loading import _load_tokenizer, resolve_source
+
+    return _load_tokenizer(resolve_source(name)[1])
 
 
 def is_main() -> bool:

@@ -46,6 +46,17 @@ def meta_model(name: str | os.PathLike) -> nn.Module:
         return AutoModelForCausalLM.from_config(config)
 
 
+def meta_skeleton(name: str | os.PathLike, dtype: torch.dtype) -> nn.Module:
+    """:func:`meta_model` in ``dtype``, in eval mode, with its rotary tables computed in fp32 on the
+    CPU (as a loaded model keeps them): the plain model of a process whose weights live elsewhere
+    (shards, or the main process's host copy)."""
+    from llmsculpt.models.placement import fp32_rotary
+
+    model = fp32_rotary(meta_model(name).to(dtype), "cpu").eval()
+    model.config.dtype = dtype
+    return model
+
+
 def check_weight_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], *, where: str) -> None:
     """Refuse when the weights' shapes (``shapes``, from the safetensors headers) disagree with the
     model built from the config: the first differing tensor is named, with both shapes."""

@@ -109,11 +109,15 @@ def latest(directory: Path) -> Path:
     raise SculptError(f"nothing to resume: no checkpoint in {directory}")
 
 
-def load_checkpoint(directory: Path, config: dict, device, dtype: torch.dtype = torch.float32
-                    ) -> tuple[torch.nn.Module, dict | None, dict]:
+def load_checkpoint(directory: Path, config: dict, device, dtype: torch.dtype = torch.float32, *,
+                    weights: bool = True) -> tuple[torch.nn.Module, dict | None, dict]:
     """(model in ``dtype``, optimiser state or None, run state) of the latest checkpoint; ``config``
-    must equal the one the run was started with (same data order and schedule)."""
+    must equal the one the run was started with (same data order and schedule). Without ``weights``
+    (a sharded run's processes but the main one: their shards and moments are filled from the main
+    process's) the model is the checkpoint's meta-device skeleton and the optimiser state an empty
+    dict when the checkpoint holds one."""
     from llmsculpt.models.loading import load
+    from llmsculpt.models.meta import meta_skeleton
 
     where = latest(directory)
     state = json.loads((where / "state.json").read_text())
@@ -124,8 +128,11 @@ def load_checkpoint(directory: Path, config: dict, device, dtype: torch.dtype = 
         raise SculptError(f"the checkpoint in {directory} was made with different settings ({', '.join(changed)}); "
                           "resume with the same command")
     _refuse_pickles(where)
+    has_opt = (where / "optimizer.json").is_file()
+    if not weights:
+        return meta_skeleton(where, dtype), ({} if has_opt else None), state
     model = load(where, device=device, dtype=dtype).model
-    opt = _read_tree(where, "optimizer", device) if (where / "optimizer.json").is_file() else None
+    opt = _read_tree(where, "optimizer", device) if has_opt else None
     return model, opt, state
 
 

@@ -256,7 +256,8 @@ def run_schedule(schedule: Schedule, model: nn.Module, tokenizer, *, checkpoint_
     if resume:
         first = next(model.parameters())
         where = torch.device("cpu") if procs.sharded else first.device
-        run.model, opt_state, state = load_checkpoint(run.ckpt, run.state["config"], where, dtype=first.dtype)
+        run.model, opt_state, state = load_checkpoint(run.ckpt, run.state["config"], where, dtype=first.dtype,
+                                                      weights=procs.is_main or not procs.sharded)
         run.state = state
         for event in schedule.resumed(state):
             run.perform(event)

@@ -6,7 +6,8 @@ every parameter. Pruning, however, needs whole matrices, so a run keeps two view
 - the *plain* model: an ordinary ``nn.Module``. On the main process it holds full weights on the
   host (CPU) and is brought up to date (``gather_weights``) only when it is needed: before a
   pruning and before a checkpoint. On the other processes it lives on the ``meta`` device — shapes
-  without storage — so they never hold a full copy of the weights after the start.
+  without storage — so they never hold a full copy of the weights after the start (none at all when
+  the run starts from, or resumes, a checkpoint directory: api/_common.py, run/checkpoint.py).
 - the *sharded* copy (``shard``): built from the plain model after every pruning, its shards filled
   from the main process's weights (broadcast), and trained.
 

@@ -125,8 +125,11 @@ class Processes:
 
     def place(self, model: nn.Module) -> nn.Module:
         """``model`` on this process's device, moved only if it is not there already; in a sharded
-        run the plain model is the main process's host copy and stays on (or goes to) the CPU."""
+        run the plain model is the main process's host copy and stays on (or goes to) the CPU, and
+        the others' meta-device skeleton stays where it is."""
         target = torch.device("cpu") if self.sharded else self.device
+        if self.sharded and not self.is_main and fsdp.is_meta(model):
+            return model
         if target is None or all(_same_device(p.device, target) for p in model.parameters()):
             return model
         return model.to(target)

@@ -125,18 +125,14 @@ def load_shards(directory: str | Path, *, dtype: torch.dtype, device: torch.devi
     reads only its rows of every tensor, so none ever holds the whole model. Collective only in
     building the FSDP units (every process calls it)."""
     from llmsculpt.io.headers import safetensors_entries
-    from llmsculpt.models.meta import check_weight_shapes, meta_model
-    from llmsculpt.models.placement import fp32_rotary
+    from llmsculpt.models.meta import check_weight_shapes, meta_skeleton
     from llmsculpt.models.residency import weight_files
 
     files = weight_files(directory)
     headers = {path: safetensors_entries(path) for path in set(files.values())}
-    model = meta_model(directory).to(dtype)
+    model = meta_skeleton(directory, dtype)
     check_weight_shapes(model, {n: tuple(e["shape"]) for _, entries in headers.values() for n, e in entries.items()},
                         where=str(directory))
-    fp32_rotary(model, "cpu")
-    model.config.dtype = dtype
-    model.eval()
     net = empty_copy(model, device)
     for name, p in net.named_parameters():  # a tied lm_head is the embedding: listed once
         if name not in files:
