@@ -2,8 +2,9 @@
 one process): the model lives only as FSDP2 shards (run/shards.py), so no process ever holds it whole.
 
 Every process reads its rows of each tensor from the safetensors checkpoint (a GGUF file's converted
-copy in the cache) and builds the same meta-device skeleton; the planner runs in lockstep on every process, its measuring passes through
-the sharded model (measure/sharded.py), each gradient reduced to group scores where its shard lives;
+copy in the cache) and builds the same meta-device skeleton; the planner runs in lockstep on every
+process, its measuring passes through the sharded model (measure/sharded.py), each gradient reduced
+to group scores where its shard lives;
 the main process decides, every process applies the plan to its own shards. Perplexity runs through
 the shards on every process (each computes the same number; on GPUs in parallel). The main process
 writes the pruned model one FSDP unit at a time, gathered from the shards.

@@ -19,13 +19,15 @@ With a ``reducer`` (importance.groups.GroupReducer) under FSDP2 every process re
 of its own shard (its rows of each matrix) to the reducer's vectors, and only those vectors cross
 processes (per-column partial sums all-reduced, per-row values gathered): no whole gradient is ever
 assembled anywhere (``_reduce_shard``); in a pass of one backward each layer's shards are reduced as
-soon as FSDP2 has reduce-scattered them (:class:`_Streaming`), so a process holds about one layer's. Under DDP the gradients are whole already and the main
-process reduces them. Without a reducer whole gradients are gathered into the main process's plain
-copy. Shard-resident (``resident=``, a launched prune: run/shards.py), every process's plain model
-is a meta skeleton, only reduced vectors may cross processes (a whole gradient is refused), the
-agreed plan travels whole (update values too) and ``applied`` reshards ``net`` with it in place of
-re-wrapping a host copy. Only the scored parameters get gradients (the embedding gets none), and the
-loss is the local engine's chunked one, run as the net's forward (run/shards.through_forward).
+soon as FSDP2 has reduce-scattered them (:class:`_Streaming`), so a process holds about one layer's.
+Under DDP the gradients are whole already and the main process reduces them. Without a reducer
+whole gradients are gathered into the main process's plain copy. Shard-resident (``resident=``, a
+launched prune: run/shards.py), every process's plain model is a meta skeleton, only reduced vectors
+may cross processes (a whole gradient is refused), the agreed plan travels whole (update values too)
+and ``applied`` reshards ``net`` with it in place of re-wrapping a host copy. The root unit's
+parameters are replicated there, so their few scored gradients (hidden channels) are summed first.
+Only the scored parameters get gradients (the embedding gets none), and the loss is the local
+engine's chunked one, run as the net's forward (run/shards.through_forward).
 The decoder layers of a gradient pass on calibration ids are checkpointed as in the local
 engine (measure/checkpointing.py: inside each FSDP unit, so a layer's recomputation runs while
 FSDP2 holds its gathered weights for the backward); the hooks count a recomputed forward once.
@@ -189,7 +191,8 @@ class ShardedEngine:
             name = name.removeprefix("module.")  # DDP's wrapper
             if only_shards and not (p.grad is not None and hasattr(p.grad, "to_local")):
                 continue
-            if p.grad is not None and name in scored and _shard_local(p, reducer, name, resident=self.skeleton is not None):
+            resident = self.skeleton is not None
+            if p.grad is not None and name in scored and _shard_local(p, reducer, name, resident=resident):
                 self._reduce_shard(name, p, reducer, out)  # only score vectors cross processes
                 p.grad = None
             elif only_shards:

@@ -244,8 +244,10 @@ def full_units(net: nn.Module, model: nn.Module, *, keep: bool) -> Iterator[dict
     for unit in _units(spec_for(model), names, n_layers):
         tensors = {n: whole(params[n]) for n in unit}
         # a replicated tensor is the net's own: a copy, which outlives a later reshard's release
-        yield {n: t.cpu() if is_sharded(params[n]) else t.to("cpu", copy=True) for n, t in tensors.items()} if keep else {}
-        del tensors
+        copied = {n: t.cpu() if is_sharded(params[n]) else t.to("cpu", copy=True)
+                  for n, t in tensors.items()} if keep else {}
+        yield copied
+        del tensors, copied
 
 
 def through_forward(net: nn.Module, fn, ids: torch.Tensor) -> torch.Tensor:
