@@ -44,11 +44,7 @@ def fit_or_refuse(model, *, method: str, dtype, n_samples: int, seq_len: int, bu
         return None  # nothing to fit, or no memory model for this method (the run goes ahead as before)
     working = working_dtype(model, "auto" if isinstance(model, nn.Module) else dtype)  # a module is run as it is
     kind = "cuda" if resolve_device(device).type == "cuda" else "cpu"
-    micro = engine_micro_batch(method, n_samples, seq_len)
-    if devices > 1:
-        from llmsculpt.measure.sharded import micro_batch_for
-
-        micro = micro_batch_for(n_samples, seq_len, devices)
+    micro = engine_micro_batch(method, n_samples, seq_len, devices)
     while True:
         e = estimate(model, method=method, dtype=working, n_samples=n_samples, seq_len=seq_len, device=kind,
                      budget=limit, micro_batch=micro, training=training, devices=devices)

@@ -15,7 +15,7 @@ What a pass holds at its peak (see measure/local.py and eval/chunked_loss.py):
 - ``gradients`` (Taylor methods: adaptive, uniform, sample_aware): streamed to group scores, so about
   one decoder layer's Linear gradients (+ fp32 products) at a time, plus an fp32 accumulator per
   scored parameter when a micro-batch below the sample count forces several backwards; sharded,
-  each process's shard of every scored gradient until the pass ends;
+  one layer's whole gradient and its shard until the next layer's recomputation reduces it;
 - ``activations``: what autograd keeps for one micro-batch: the gradient passes checkpoint the
   decoder layers (each layer's input, plus one layer's full set while it is recomputed; eager
   attention keeps heads × seq probabilities per token); forward-only methods keep one layer's;
@@ -159,24 +159,18 @@ def _layer_scored(arch, ls) -> int:
     return arch.layer_params(ls) - 2 * arch.hidden - (2 * arch.head_dim if arch.head_norms else 0)
 
 
-def _gradient_bytes(arch, scored: int, item: int, devices: int, *, several: bool) -> int:
-    """Gradients live during a measuring pass (measure/streaming.py): each is reduced to group scores
-    as soon as its last backward produced it, so one backward holds about one layer's gradients (and
-    their fp32 products); several backwards (a micro-batch below the sample count) also keep an fp32
-    accumulator per scored parameter, so a smaller micro-batch costs more, not less. Sharded over
-    ``devices`` (measure/sharded.py), one layer's whole gradient while FSDP2 reduce-scatters it and its
-    shard until the next layer's recomputation reduces it (a pass of one backward; the engine's own
-    micro-batch takes each process's share at once)."""
-    held, built = _gradient_parts(arch, scored, item, devices, several=several)
-    return held + built
-
-
 def _gradient_parts(arch, scored: int, item: int, devices: int, *, several: bool) -> tuple[int, int]:
-    """(held from earlier backwards: the fp32 accumulators; built up during the backward), the two
-    parts of :func:`_gradient_bytes`. What a backward builds up starts after the loss's logits chunk
-    is gone (the head's backward comes first), so the pass holds the larger of the two, not both
-    (measured on the 0.5B Qwen2 shape, bf16 adaptive, 2 and 4 processes: the sum predicted +38 %).
-    Sharded, several backwards keep every shard's gradient (FSDP2 accumulates it) until the last."""
+    """Gradients live during a measuring pass, as (held from earlier backwards, built up during the
+    backward); the breakdown's ``gradients`` is their sum. Each gradient is reduced to group scores as
+    soon as its last backward produced it (measure/streaming.py), so one backward builds up about one
+    layer's gradients (and their fp32 products); several backwards (a micro-batch below the sample
+    count) also hold an fp32 accumulator per scored parameter, so a smaller micro-batch costs more,
+    not less. Sharded over ``devices`` (measure/sharded.py): one layer's whole gradient while FSDP2
+    reduce-scatters it and its shard until the next layer's recomputation reduces it; several
+    backwards keep every shard's gradient (FSDP2 accumulates it) until the last.
+    What a backward builds up starts after the loss's logits chunk is gone (the head's backward comes
+    first), so the pass holds the larger of the two, not both (measured on the 0.5B Qwen2 shape, bf16
+    adaptive, 2 and 4 processes: the sum predicted +38 %)."""
     largest = max(_layer_scored(arch, ls) for ls in arch.layers)
     if devices > 1:
         return (scored * item // devices if several else 0), largest * (item + 4) + largest * item // devices
@@ -205,11 +199,17 @@ def _weight_bytes(arch, params: int, item: int, devices: int) -> int:
     return root * item + (params - root) * item // devices
 
 
-def engine_micro_batch(method: str, n_samples: int, seq_len: int) -> int:
-    """The samples per pass LocalEngine chooses by itself (measure/local.py): a mean-gradient pass
-    takes up to ``GRAD_TOKENS`` tokens at once (checkpointed), a forward pass 4 samples."""
+def engine_micro_batch(method: str, n_samples: int, seq_len: int, devices: int = 1) -> int:
+    """The samples per pass (and process) the measuring engine chooses by itself: LocalEngine's
+    (measure/local.py) a mean-gradient pass takes up to ``GRAD_TOKENS`` tokens at once
+    (checkpointed), a forward pass 4 samples; over ``devices`` > 1 the sharded engine's
+    (measure/sharded.micro_batch_for)."""
     from llmsculpt.measure.local import GRAD_TOKENS
 
+    if devices > 1:
+        from llmsculpt.measure.sharded import micro_batch_for
+
+        return micro_batch_for(n_samples, seq_len, devices)
     if method in GRAD_METHODS:
         return max(1, min(n_samples, GRAD_TOKENS // seq_len))
     return min(FORWARD_MICRO_BATCH, n_samples)
@@ -245,7 +245,8 @@ def estimate(
     params = arch.param_count()
     scored = scored_params(arch)
     backward = method in GRAD_METHODS
-    micro = max(1, min(micro_batch or engine_micro_batch(method, n_samples, seq_len), n_samples))
+    engine_choice = engine_micro_batch(method, n_samples, seq_len, 1 if layer_by_layer else devices)
+    micro = max(1, min(micro_batch or engine_choice, n_samples))
     tokens = micro * seq_len
     if layer_by_layer:
         if backward or training is not None:
@@ -257,22 +258,17 @@ def estimate(
         peak = parts["runtime"] + parts["weights"] + max(working_set, parts["copy_through"])  # not at once
         return Estimate(params=params, weights_bytes=params * item, peak_bytes=peak, breakdown=parts,
                         micro_batch=micro, fits=None if budget is None else peak <= budget, budget_bytes=budget)
-    if devices > 1 and micro_batch is None:  # measure/sharded.py: each process its share, in micro-batches
-        from llmsculpt.measure.sharded import micro_batch_for
-
-        micro = micro_batch_for(n_samples, seq_len, devices)
-        tokens = micro * seq_len
     several = micro < -(-n_samples // devices)  # more than one backward per process
+    held, built = _gradient_parts(arch, scored, item, devices, several=several) if backward else (0, 0)
     parts = {
         "runtime": RUNTIME_CPU if torch.device(device).type == "cpu" else 0,
         "weights": _weight_bytes(arch, params, item, devices),
-        "gradients": _gradient_bytes(arch, scored, item, devices, several=several) if backward else 0,
+        "gradients": held + built,
         "activations": _activation_bytes(arch, tokens, seq_len, item, backward=backward),
         "logits_chunk": min(CHUNK_ELEMENTS, tokens * arch.vocab) * (item + 4 + 4) * (2 if backward else 1),
     }
     if devices > 1:
         parts["gathered"] = _gathered_bytes(arch, item)
-    held, built = _gradient_parts(arch, scored, item, devices, several=several) if backward else (0, 0)
     prune_pass = held + max(built, parts["logits_chunk"]) + parts["activations"] + parts.get("gathered", 0)
     in_pass = RUNTIME_PASS_CPU if parts["runtime"] else 0
     peak = parts["weights"] + max(parts["runtime"], in_pass + prune_pass)  # the run's end, or its passes

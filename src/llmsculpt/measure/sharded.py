@@ -76,12 +76,6 @@ def _shard_local(p, reducer, name: str, *, resident: bool) -> bool:
     return all(pl.is_shard(0) for pl in p.grad.placements)
 
 
-def _chunk_rows(rows: int, world: int, rank: int) -> int:
-    """Rows of a dim-0 shard on ``rank``, as ``torch.chunk`` splits them (the last shards may be short or empty)."""
-    chunk = math.ceil(rows / world)
-    return max(0, min(chunk, rows - rank * chunk))
-
-
 @contextmanager
 def _only_scored_grads(net: nn.Module, scored: dict) -> Iterator[None]:
     """Within the block only ``net``'s parameters named in ``scored`` (the plain model's) require
@@ -216,16 +210,17 @@ class ShardedEngine:
 
         from llmsculpt.importance.base import TensorStats
         from llmsculpt.importance.groups import along
-        from llmsculpt.run.shards import is_sharded
+        from llmsculpt.run.shards import is_sharded, rows_of
 
         rows, world = p.shape[0], self.procs.world
         chunk = math.ceil(rows / world)
+        spans = [rows_of(rows, world, r) for r in range(world)]  # each process's rows
         if is_sharded(p):
             grad, weight = p.grad.to_local(), p.to_local()
         else:
             dist.all_reduce(p.grad)
             p.grad /= world
-            mine = slice(min(rows, self.procs.rank * chunk), min(rows, (self.procs.rank + 1) * chunk))
+            mine = spans[self.procs.rank]
             grad, weight = p.grad[mine], p[mine]
         s = TensorStats(weight=weight.detach().float(), grad=grad.float())
         for metric in reducer.metrics:
@@ -240,7 +235,7 @@ class ShardedEngine:
                     padded[: v.shape[0]] = v
                     parts = [torch.empty_like(padded) for _ in range(world)]
                     dist.all_gather(parts, padded)
-                    whole = torch.cat([part[: _chunk_rows(rows, world, r)] for r, part in enumerate(parts)])
+                    whole = torch.cat([part[: sp.stop - sp.start] for sp, part in zip(spans, parts)])
                 if self.decides:
                     out.reduced.setdefault(metric.name, {})[(name, dim, size)] = whole.reshape(-1, size).sum(1).cpu()
 

@@ -67,9 +67,14 @@ def local_rows(p) -> slice:
     ``torch.chunk`` does: the last shards may be short or empty); all of a replicated one's."""
     if not is_sharded(p):
         return slice(0, p.shape[0])
-    rows, world = p.shape[0], p.device_mesh.size()
+    return rows_of(p.shape[0], p.device_mesh.size(), p.device_mesh.get_local_rank())
+
+
+def rows_of(rows: int, world: int, rank: int) -> slice:
+    """The rows of a ``rows``-row tensor that ``rank`` of ``world`` processes holds when dim 0 is
+    split as FSDP2 splits it (``torch.chunk``: the last shards may be short or empty)."""
     chunk = math.ceil(rows / world)
-    start = min(rows, p.device_mesh.get_local_rank() * chunk)
+    start = min(rows, rank * chunk)
     return slice(start, min(rows, start + chunk))
 
 
